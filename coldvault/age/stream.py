@@ -1,0 +1,188 @@
+"""The age STREAM payload: ChaCha20-Poly1305 over 64 KiB chunks with a final-chunk flag.
+
+Both directions stream in bounded memory (at most a couple of chunks are held at once).
+"""
+
+from __future__ import annotations
+
+import io
+from typing import BinaryIO
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+
+from coldvault.age.format import hkdf
+from coldvault.errors import AgeHeaderError, AgePayloadError
+
+CHUNK_SIZE = 64 * 1024
+TAG_SIZE = 16
+ENC_CHUNK_SIZE = CHUNK_SIZE + TAG_SIZE
+NONCE_SIZE = 16
+_MAX_COUNTER = (1 << 88) - 1
+
+
+def payload_key(file_key: bytes, nonce: bytes) -> bytes:
+    return hkdf(file_key, nonce, b"payload")
+
+
+def _chunk_nonce(counter: int, last: bool) -> bytes:
+    if counter > _MAX_COUNTER:
+        raise AgePayloadError("the age payload is too long")
+    return counter.to_bytes(11, "big") + (b"\x01" if last else b"\x00")
+
+
+class EncryptWriter(io.RawIOBase):
+    """A write-only stream that encrypts what it is given into ``dst``.
+
+    The payload nonce must already be written by the caller (see :func:`coldvault.age.encrypt`).
+    ``close()`` writes the final chunk; it does not close ``dst``.
+    """
+
+    def __init__(self, key: bytes, dst: BinaryIO) -> None:
+        super().__init__()
+        self._aead = ChaCha20Poly1305(key)
+        self._dst = dst
+        self._buf = bytearray()
+        self._counter = 0
+        self._finished = False
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: bytes | bytearray | memoryview) -> int:  # type: ignore[override]
+        if self._finished:
+            raise ValueError("write to a finished age stream")
+        view = memoryview(data).cast("B")
+        n = len(view)
+        buf = self._buf
+        # A full chunk is only sealed once more data proves it is not the last one.
+        if buf and len(buf) == CHUNK_SIZE and n:
+            self._seal(bytes(buf), last=False)
+            buf.clear()
+        pos = 0
+        if buf:
+            take = min(CHUNK_SIZE - len(buf), n)
+            buf += view[:take]
+            pos = take
+            if len(buf) == CHUNK_SIZE and pos < n:
+                self._seal(bytes(buf), last=False)
+                buf.clear()
+        while n - pos > CHUNK_SIZE:
+            self._seal(view[pos : pos + CHUNK_SIZE], last=False)
+            pos += CHUNK_SIZE
+        if pos < n:
+            buf += view[pos:]
+        return n
+
+    def _seal(self, chunk: bytes | memoryview, last: bool) -> None:
+        nonce = _chunk_nonce(self._counter, last)
+        self._dst.write(self._aead.encrypt(nonce, bytes(chunk), None))
+        self._counter += 1
+
+    def close(self) -> None:
+        if not self._finished and not self.closed:
+            self._seal(bytes(self._buf), last=True)
+            self._buf.clear()
+            self._finished = True
+        super().close()
+
+
+class DecryptReader(io.RawIOBase):
+    """A read-only stream of the plaintext of an age payload read from ``src``.
+
+    Only authenticated plaintext is ever returned; truncation, extension and tampering raise
+    :class:`AgePayloadError` at the chunk where they are found.
+    """
+
+    def __init__(self, file_key: bytes, src: BinaryIO) -> None:
+        super().__init__()
+        nonce = _read_exact(src, NONCE_SIZE)
+        if len(nonce) != NONCE_SIZE:
+            raise AgeHeaderError("the age file ends before the payload nonce")
+        self._aead = ChaCha20Poly1305(payload_key(file_key, nonce))
+        self._src = src
+        self._counter = 0
+        self._last = False
+        self._out = b""
+        self._pos = 0
+        # Trailing data after the final chunk is reported after that chunk's plaintext, which
+        # is authentic, has been released (as the reference implementation does).
+        self._pending: AgePayloadError | None = None
+
+    def readable(self) -> bool:
+        return True
+
+    def _next_chunk(self) -> bytes:
+        data = _read_exact(self._src, ENC_CHUNK_SIZE)
+        last = False
+        if len(data) < ENC_CHUNK_SIZE:
+            if not data:
+                raise AgePayloadError("the age file is truncated (no final chunk)")
+            if self._counter != 0 and len(data) == TAG_SIZE:
+                raise AgePayloadError("the age file ends with an empty chunk")
+            last = True
+        try:
+            out = self._aead.decrypt(_chunk_nonce(self._counter, last), data, None)
+        except InvalidTag:
+            if last:
+                raise AgePayloadError(
+                    "the age file is damaged (a payload chunk fails authentication)"
+                ) from None
+            # A full-size chunk may be the final one.
+            last = True
+            try:
+                out = self._aead.decrypt(_chunk_nonce(self._counter, True), data, None)
+            except InvalidTag:
+                raise AgePayloadError(
+                    "the age file is damaged (a payload chunk fails authentication)"
+                ) from None
+        self._counter += 1
+        if last:
+            self._last = True
+            if self._src.read(1):
+                self._pending = AgePayloadError("the age file has data after its final chunk")
+        return out
+
+    def readinto(self, b: bytearray | memoryview) -> int:  # type: ignore[override]
+        mv = memoryview(b).cast("B")
+        while self._pos >= len(self._out):
+            if self._last:
+                if self._pending is not None:
+                    raise self._pending
+                return 0
+            self._out = self._next_chunk()
+            self._pos = 0
+        n = min(len(mv), len(self._out) - self._pos)
+        mv[:n] = self._out[self._pos : self._pos + n]
+        self._pos += n
+        return n
+
+    def read_chunk(self) -> bytes:
+        """The next decrypted chunk (or the rest of the current one); b"" at the end."""
+        while self._pos >= len(self._out):
+            if self._last:
+                if self._pending is not None:
+                    raise self._pending
+                return b""
+            self._out = self._next_chunk()
+            self._pos = 0
+        out = self._out[self._pos :] if self._pos else self._out
+        self._pos = len(self._out)
+        return out
+
+
+def _read_exact(src: BinaryIO, n: int) -> bytes:
+    data = src.read(n)
+    if data is None:
+        data = b""
+    if len(data) == n or not data:
+        return data
+    parts = [data]
+    got = len(data)
+    while got < n:
+        more = src.read(n - got)
+        if not more:
+            break
+        parts.append(more)
+        got += len(more)
+    return b"".join(parts)

@@ -163,7 +163,7 @@ def decrypt_reader(
     ``armored=None`` detects ASCII armor; armored input is read into memory (it is small).
     """
     if not isinstance(src, io.BufferedIOBase | io.BytesIO):
-        src = io.BufferedReader(src)  # type: ignore[arg-type]
+        src = io.BufferedReader(src)  # type: ignore[type-var]
     if armored is None:
         peek = getattr(src, "peek", None)
         armored = looks_armored(peek(64)[:64]) if peek is not None else False

@@ -1,0 +1,70 @@
+"""Durable writes on the workstation's own disk: temporary name, fsync, rename, fsync folder."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+from typing import BinaryIO
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def temp_name(final: Path) -> Path:
+    return final.with_name(f".tmp-{secrets.token_hex(6)}-{final.name}")
+
+
+@contextlib.contextmanager
+def atomic_writer(
+    final: Path, mode: int = 0o600, *, durable: bool = True
+) -> Iterator[BinaryIO]:
+    """Yield a file to write; on success it replaces ``final`` atomically (and durably).
+
+    On error the temporary file is removed and ``final`` is untouched. With ``durable=False``
+    the caller takes charge of syncing (batch writers sync once per batch).
+    """
+    tmp = temp_name(final)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            yield f
+            f.flush()
+            if durable:
+                os.fsync(f.fileno())
+        os.replace(tmp, final)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    if durable:
+        fsync_dir(final.parent)
+
+
+def write_atomic(final: Path, data: bytes, mode: int = 0o600) -> None:
+    with atomic_writer(final, mode) as f:
+        f.write(data)
+
+
+def private_dir(path: Path) -> Path:
+    """Create ``path`` (and parents) if needed, mode 0700."""
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    return path
+
+
+def remove_stale_temps(folder: Path) -> int:
+    """Remove temporary files left by a crash (never a finished file)."""
+    n = 0
+    if folder.is_dir():
+        for p in folder.rglob(".tmp-*"):
+            with contextlib.suppress(OSError):
+                p.unlink()
+                n += 1
+    return n

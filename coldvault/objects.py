@@ -1,0 +1,254 @@
+"""Documents <-> objects: a POSIX (pax) tar stream of the document and ``coldvault.json``,
+compressed as one zstd frame, encrypted as one age file, all streamed in bounded memory.
+
+So that ``age -d -i patient.key OBJ | zstd -d | tar -x`` gives the document back with its name.
+The document comes first in the tar stream and ``coldvault.json`` last, because the metadata holds
+the plaintext SHA-256, known only once the document has been read.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import secrets
+import tarfile
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, replace
+from typing import BinaryIO, cast
+
+import zstandard
+
+from coldvault import age
+from coldvault.errors import AgeError, IntegrityError, UsageError
+
+OBJECT_FORMAT = 1
+META_NAME = "coldvault.json"
+# The document entry is renamed if it would collide with the metadata entry.
+COLLISION_NAME = "document-coldvault.json"
+READ_SIZE = 1 << 20
+PROBE_SIZE = 128 * 1024
+#: A probe that compresses to more than this fraction is stored (fast level, raw blocks).
+INCOMPRESSIBLE_RATIO = 0.92
+LEVEL = 3
+STORE_LEVEL = -7
+#: Files at least this large use zstd's own worker threads.
+THREADED_MIN_SIZE = 32 * 1024 * 1024
+
+
+def new_id() -> str:
+    """A random 128-bit identifier, lowercase hex (FAT-safe, unlinkable)."""
+    return secrets.token_hex(16)
+
+
+@dataclass(frozen=True)
+class DocumentMeta:
+    """What ``coldvault.json`` holds (format version 1)."""
+
+    document_id: str
+    patient_ref: str
+    name: str
+    size: int
+    sha256: str
+    source: str = ""
+    kind: str = ""
+    document_date: str | None = None  # ISO date from the source rule, if any
+    mtime: float = 0.0
+    archived_at: str = ""  # ISO 8601 UTC
+    format: int = OBJECT_FORMAT
+
+    def to_json(self) -> bytes:
+        return json.dumps(asdict(self), sort_keys=True, ensure_ascii=False).encode("utf-8")
+
+    @classmethod
+    def from_json(cls, data: bytes) -> DocumentMeta:
+        try:
+            raw = json.loads(data.decode("utf-8"))
+            if raw.get("format") != OBJECT_FORMAT:
+                raise IntegrityError(
+                    f"this object uses format version {raw.get('format')!r}, "
+                    "which this version of coldvault does not know"
+                )
+            fields = {k: raw[k] for k in cls.__dataclass_fields__ if k in raw}
+            return cls(**fields)
+        except (ValueError, TypeError, KeyError, AttributeError):
+            raise IntegrityError("the object's coldvault.json is malformed") from None
+
+
+@dataclass(frozen=True)
+class ObjectResult:
+    """The outcome of writing an object: its ciphertext size and SHA-256, and the metadata."""
+
+    size: int
+    sha256: str
+    meta: DocumentMeta
+    compressed: bool
+
+
+class _HashingWriter(io.RawIOBase):
+    """Passes writes to ``dst`` while hashing and counting them."""
+
+    def __init__(self, dst: BinaryIO) -> None:
+        super().__init__()
+        self._dst = dst
+        self.hash = hashlib.sha256()
+        self.size = 0
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: bytes | bytearray | memoryview) -> int:  # type: ignore[override]
+        self.hash.update(data)
+        self._dst.write(data)
+        n = len(data)
+        self.size += n
+        return n
+
+
+def _tar_header(name: str, size: int, mtime: float) -> bytes:
+    info = tarfile.TarInfo(name)
+    info.size = size
+    info.mtime = int(mtime)
+    info.mode = 0o600
+    info.type = tarfile.REGTYPE
+    info.uname = info.gname = ""
+    return info.tobuf(format=tarfile.PAX_FORMAT, encoding="utf-8", errors="surrogateescape")
+
+
+def _pad(size: int) -> bytes:
+    return b"\0" * (-size % tarfile.BLOCKSIZE)
+
+
+def is_compressible(sample: bytes) -> bool:
+    """Decide from the first block whether compressing is worth the time (scans are not)."""
+    if len(sample) < 4096:
+        return True
+    out = zstandard.ZstdCompressor(level=1).compress(sample)
+    return len(out) < INCOMPRESSIBLE_RATIO * len(sample)
+
+
+def safe_member_name(name: str) -> str:
+    base = os.path.basename(name.replace("\\", "/"))
+    if base in ("", ".", ".."):
+        raise UsageError(f"cannot archive a document without a file name: {name!r}")
+    return COLLISION_NAME if base == META_NAME else base
+
+
+def write_object(
+    src: BinaryIO,
+    size: int,
+    meta: DocumentMeta,
+    recipients: Sequence[age.Recipient],
+    dst: BinaryIO,
+    *,
+    level: int = LEVEL,
+    threads: int | None = None,
+) -> ObjectResult:
+    """Stream ``size`` bytes of ``src`` into an object written to ``dst``.
+
+    ``meta.sha256`` and ``meta.size`` are filled in from what was read. If ``src`` yields more
+    or fewer bytes than ``size`` (the file changed while being read), :class:`UsageError` is
+    raised and ``dst`` holds garbage the caller must discard.
+    """
+    member = safe_member_name(meta.name)
+    first = src.read(min(PROBE_SIZE, size) if size else 1)
+    compressed = is_compressible(first)
+    if threads is None:
+        threads = (os.cpu_count() or 1) if size >= THREADED_MIN_SIZE else 0
+    cctx = zstandard.ZstdCompressor(
+        level=level if compressed else STORE_LEVEL,
+        write_checksum=True,
+        threads=threads if compressed else 0,
+    )
+    out = _HashingWriter(dst)
+    plain = hashlib.sha256()
+    enc = age.encrypt_writer(recipients, cast(BinaryIO, out))
+    with enc, cctx.stream_writer(cast(BinaryIO, enc), size=-1, closefd=False) as z:
+        z.write(_tar_header(member, size, meta.mtime))
+        got = 0
+        chunk = first
+        while chunk:
+            got += len(chunk)
+            if got > size:
+                break
+            plain.update(chunk)
+            z.write(chunk)
+            chunk = src.read(READ_SIZE)
+        if got != size:
+            raise UsageError(
+                f"document {meta.document_id} changed while it was being archived"
+            )
+        z.write(_pad(size))
+        final = replace(meta, size=size, sha256=plain.hexdigest())
+        body = final.to_json()
+        z.write(_tar_header(META_NAME, len(body), meta.mtime))
+        z.write(body)
+        z.write(_pad(len(body)))
+        z.write(b"\0" * (2 * tarfile.BLOCKSIZE))
+    return ObjectResult(out.size, out.hash.hexdigest(), final, compressed)
+
+
+@dataclass(frozen=True)
+class OpenedDocument:
+    meta: DocumentMeta
+    member_name: str
+
+
+def read_object(
+    src: BinaryIO, identities: Sequence[age.Identity], dst: BinaryIO
+) -> OpenedDocument:
+    """Decrypt the object in ``src``, write the document's bytes to ``dst`` and check them.
+
+    Raises :class:`IntegrityError` (or an :class:`AgeError`) if the object is damaged, not
+    openable with ``identities``, or its content does not match its own SHA-256.
+    """
+    reader = age.decrypt_reader(identities, src)
+    plain = hashlib.sha256()
+    written = 0
+    member_name = ""
+    meta: DocumentMeta | None = None
+    try:
+        z = zstandard.ZstdDecompressor().stream_reader(cast(BinaryIO, reader), closefd=False)
+        with z, tarfile.open(fileobj=z, mode="r|", format=tarfile.PAX_FORMAT) as tar:
+            for info in tar:
+                if not info.isreg():
+                    raise IntegrityError("the object holds an unexpected tar entry")
+                f = tar.extractfile(info)
+                assert f is not None
+                if info.name == META_NAME:
+                    meta = DocumentMeta.from_json(f.read(1 << 20))
+                    continue
+                if member_name:
+                    raise IntegrityError("the object holds more than one document")
+                member_name = info.name
+                while chunk := f.read(READ_SIZE):
+                    plain.update(chunk)
+                    dst.write(chunk)
+                    written += len(chunk)
+    except AgeError:
+        raise
+    except (tarfile.TarError, zstandard.ZstdError, EOFError, OSError) as exc:
+        if isinstance(exc, OSError) and exc.errno is not None:
+            raise
+        raise IntegrityError("the object is damaged (its content cannot be unpacked)") from None
+    if meta is None or not member_name:
+        raise IntegrityError("the object is incomplete (document or coldvault.json missing)")
+    if written != meta.size or plain.hexdigest() != meta.sha256:
+        raise IntegrityError(
+            f"document {meta.document_id} does not match its checksum: the object is damaged"
+        )
+    return OpenedDocument(meta, member_name)
+
+
+def read_object_meta(src: BinaryIO, identities: Sequence[age.Identity]) -> DocumentMeta:
+    """Decrypt an object only to read its metadata (verifies the whole object)."""
+    return read_object(src, identities, cast(BinaryIO, _NullWriter())).meta
+
+
+class _NullWriter(io.RawIOBase):
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: bytes | bytearray | memoryview) -> int:  # type: ignore[override]
+        return len(data)

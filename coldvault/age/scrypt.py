@@ -29,7 +29,10 @@ def _wrap_key(passphrase: bytes, salt: bytes, log_n: int) -> bytes:
 
 
 class ScryptRecipient:
-    def __init__(self, passphrase: bytes, work_factor: int = DEFAULT_WORK_FACTOR) -> None:
+    def __init__(self, passphrase: bytes, work_factor: int | None = None) -> None:
+        # Read the module default at call time, so that a test (or a caller) can lower it.
+        if work_factor is None:
+            work_factor = DEFAULT_WORK_FACTOR
         if not 1 <= work_factor <= 30:
             raise ValueError("scrypt work factor out of range")
         self._passphrase = passphrase

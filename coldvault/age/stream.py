@@ -6,6 +6,7 @@ Both directions stream in bounded memory (at most a couple of chunks are held at
 from __future__ import annotations
 
 import io
+from types import TracebackType
 from typing import BinaryIO
 
 from cryptography.exceptions import InvalidTag
@@ -78,6 +79,24 @@ class EncryptWriter(io.RawIOBase):
         nonce = _chunk_nonce(self._counter, last)
         self._dst.write(self._aead.encrypt(nonce, bytes(chunk), None))
         self._counter += 1
+
+    def abort(self) -> None:
+        """Stop without writing the final chunk: what was written so far never decrypts."""
+        self._finished = True
+        self._buf.clear()
+        super().close()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        # An exception inside ``with encrypt_writer(...)`` must not seal a valid, shorter file.
+        if exc_type is not None:
+            self.abort()
+        else:
+            self.close()
 
     def close(self) -> None:
         if not self._finished and not self.closed:

@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import contextlib
 import hashlib
 import logging
 import os
@@ -53,6 +52,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
 )
 
 from coldvault.errors import IntegrityError, UsageError, VaultError
+from coldvault.fsutil import atomic_writer
 
 log = logging.getLogger(__name__)
 
@@ -247,34 +247,14 @@ class SigningKey:
         path = Path(path)
         if not overwrite and path.exists():
             raise UsageError(f"A signing key already exists at {path}; not replacing it.")
-        write_file_atomic(path, self.to_file_bytes(), mode=0o600)
+        try:
+            with atomic_writer(path, 0o600) as f:
+                os.fchmod(f.fileno(), 0o600)  # whatever the umask
+                f.write(self.to_file_bytes())
+        except OSError as e:
+            raise SigningKeyFileError(
+                f"Could not write the signing-key file {path} ({e.strerror})."
+            ) from None
 
     def __repr__(self) -> str:
         return f"SigningKey({self.public().fingerprint()})"
-
-
-def write_file_atomic(path: Path, data: bytes, *, mode: int = 0o600) -> None:
-    """Temporary file in the same folder, fsync, rename over ``path``, fsync the folder."""
-    folder = path.parent
-    tmp = folder / f".{path.name}.tmp-{os.getpid()}"
-    try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, mode)
-        try:
-            os.fchmod(fd, mode)
-            view = memoryview(data)
-            while view:
-                n = os.write(fd, view)
-                view = view[n:]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-        dfd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
-    except OSError as e:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise VaultError(f"Could not write {path} ({e.strerror}).") from None

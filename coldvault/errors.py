@@ -3,8 +3,9 @@ understands (``message``), an optional ``hint`` saying what to do, and the exit 
 
 Exit codes (one table, see docs/cli.md):
   0 ok, 1 a failure was found (verify, audit, damaged object), 2 usage or configuration error,
-  3 nothing to do / not available (no drive plugged), 4 authentication (wrong passphrase or key),
-  5 a vault problem (missing or foreign vault, state damaged), 6 a drive problem (full, removed, I/O).
+  3 nothing to do / not available (no drive plugged), 4 authentication (wrong passphrase or
+  key), 5 a vault problem (missing or foreign vault, state damaged), 6 a drive problem (full,
+  removed, I/O), 70 an internal error (a bug: please report it), 130 interrupted.
 """
 
 from __future__ import annotations
@@ -101,4 +102,6 @@ EXIT_CODES: dict[str, int] = {
     "authentication": 4,
     "vault": 5,
     "drive": 6,
+    "internal": 70,
+    "interrupted": 130,
 }

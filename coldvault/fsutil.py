@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import secrets
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
@@ -23,9 +24,7 @@ def temp_name(final: Path) -> Path:
 
 
 @contextlib.contextmanager
-def atomic_writer(
-    final: Path, mode: int = 0o600, *, durable: bool = True
-) -> Iterator[BinaryIO]:
+def atomic_writer(final: Path, mode: int = 0o600, *, durable: bool = True) -> Iterator[BinaryIO]:
     """Yield a file to write; on success it replaces ``final`` atomically (and durably).
 
     On error the temporary file is removed and ``final`` is untouched. With ``durable=False``
@@ -68,3 +67,39 @@ def remove_stale_temps(folder: Path) -> int:
                 p.unlink()
                 n += 1
     return n
+
+
+def _load_syncfs() -> Callable[[int], int] | None:
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        fn = libc.syncfs
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = [ctypes.c_int]
+    fn.restype = ctypes.c_int
+    return fn  # type: ignore[no-any-return,unused-ignore]
+
+
+_SYNCFS = _load_syncfs()
+
+
+def syncfs(path: Path, files: Iterable[Path] = ()) -> None:
+    """Make everything written on ``path``'s filesystem durable with one ``syncfs(2)``.
+
+    Where syncfs is unavailable, ``files`` are fsynced one by one instead.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        if _SYNCFS is not None:
+            if _SYNCFS(fd) != 0:
+                err = ctypes.get_errno()
+                raise OSError(err, os.strerror(err), str(path))
+            return
+    finally:
+        os.close(fd)
+    for f in files:
+        ffd = os.open(f, os.O_RDONLY)
+        try:
+            os.fsync(ffd)
+        finally:
+            os.close(ffd)

@@ -108,9 +108,7 @@ def seal_patient_key(
     return age.encrypt_bytes([master], text.encode())
 
 
-def new_patient_key(
-    key_id: str, patient_id: str, master: AnyRecipient
-) -> tuple[PatientKey, bytes]:
+def new_patient_key(key_id: str, patient_id: str, master: AnyRecipient) -> tuple[PatientKey, bytes]:
     """A fresh patient identity of the same kind as the master, and its sealed key file."""
     identity = generate_identity(classic=isinstance(master, age.X25519Recipient))
     sealed = seal_patient_key(identity, key_id, patient_id, master)

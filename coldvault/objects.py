@@ -176,9 +176,7 @@ def write_object(
             z.write(chunk)
             chunk = src.read(READ_SIZE)
         if got != size:
-            raise UsageError(
-                f"document {meta.document_id} changed while it was being archived"
-            )
+            raise UsageError(f"document {meta.document_id} changed while it was being archived")
         z.write(_pad(size))
         final = replace(meta, size=size, sha256=plain.hexdigest())
         body = final.to_json()
@@ -195,9 +193,7 @@ class OpenedDocument:
     member_name: str
 
 
-def read_object(
-    src: BinaryIO, identities: Sequence[age.Identity], dst: BinaryIO
-) -> OpenedDocument:
+def read_object(src: BinaryIO, identities: Sequence[age.Identity], dst: BinaryIO) -> OpenedDocument:
     """Decrypt the object in ``src``, write the document's bytes to ``dst`` and check them.
 
     Raises :class:`IntegrityError` (or an :class:`AgeError`) if the object is damaged, not

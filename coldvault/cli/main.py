@@ -1,0 +1,106 @@
+"""The command line: ``coldvault [--config PATH] COMMAND``. The only layer that prints.
+
+One error boundary turns every :class:`ColdvaultError` into ``coldvault: error: ...`` plus an
+optional ``hint:`` line and its exit code; anything unexpected is reported as an internal error
+in one line (the traceback goes to the log at debug level), never as a raw traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from coldvault import __version__
+from coldvault.cli.common import AppContext
+from coldvault.errors import ColdvaultError
+
+log = logging.getLogger("coldvault")
+
+
+def setup_logging(verbose: int) -> None:
+    level = logging.WARNING - 10 * verbose
+    logging.basicConfig(
+        level=max(level, logging.DEBUG),
+        format="coldvault: %(levelname)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    envvar="COLDVAULT_CONFIG",
+    help="Configuration file (default: $COLDVAULT_CONFIG, else /etc/coldvault/coldvault.toml).",
+)
+@click.option("-v", "--verbose", count=True, help="More log output (repeat for debug).")
+@click.version_option(__version__, prog_name="coldvault")
+@click.pass_context
+def cli(ctx: click.Context, config_path: Path | None, verbose: int) -> None:
+    """coldvault: archive a medical practice's documents, encrypted, onto offline USB drives."""
+    setup_logging(verbose)
+    ctx.obj = AppContext(config_path=config_path)
+
+
+def _register() -> None:
+    from coldvault.cli import archive_cmd, vault_cmd
+
+    for module in (vault_cmd, archive_cmd):
+        for command in module.COMMANDS:
+            cli.add_command(command)
+    for name in ("drive_cmd", "restore_cmd", "retention_cmd", "audit_cmd"):
+        try:
+            module = __import__(f"coldvault.cli.{name}", fromlist=["COMMANDS"])
+        except ModuleNotFoundError:
+            continue
+        for command in module.COMMANDS:
+            cli.add_command(command)
+
+
+_register()
+
+
+def report(exc: ColdvaultError) -> int:
+    click.echo(f"coldvault: error: {exc.message}", err=True)
+    if exc.hint:
+        click.echo(f"hint: {exc.hint}", err=True)
+    return exc.exit_code
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        result = cli.main(args=argv, prog_name="coldvault", standalone_mode=False)
+        return int(result or 0)
+    except ColdvaultError as exc:
+        return report(exc)
+    except click.exceptions.Abort:
+        click.echo("coldvault: interrupted", err=True)
+        return 130
+    except KeyboardInterrupt:
+        click.echo("coldvault: interrupted", err=True)
+        return 130
+    except click.exceptions.Exit as exc:
+        return int(exc.exit_code)
+    except click.ClickException as exc:
+        exc.show()
+        return 2
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+    except Exception as exc:  # the last line of defence: one line, never a traceback
+        log.debug("internal error", exc_info=True)
+        click.echo(
+            f"coldvault: internal error: {type(exc).__name__}: {exc} "
+            "(this is a bug; run with -vv for details)",
+            err=True,
+        )
+        return 70
+
+
+def entry() -> None:
+    sys.exit(main())

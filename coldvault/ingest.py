@@ -1,0 +1,280 @@
+"""Finished file -> object in the spool -> rows in the catalog.
+
+Write order (crash safety, principle 5):
+  1. each object is written under a temporary name and renamed into ``spool/objects/``;
+  2. one ``syncfs`` makes the whole batch durable (cheaper than an fsync per file);
+  3. one catalog transaction records the batch.
+A crash before 3 leaves objects the catalog does not know: :func:`clean_spool` removes them at
+start-up, and their sources, untouched, are archived again. A crash after 3 leaves everything
+recorded. Nothing is ever recorded that is not durable, and a source file is never touched here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import stat
+import threading
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+from pathlib import Path
+
+from coldvault import age, keys, objects
+from coldvault.catalog.db import Catalog
+from coldvault.catalog.sealing import Sealer
+from coldvault.errors import ColdvaultError, UsageError
+from coldvault.fsutil import atomic_writer, fsync_dir, private_dir, syncfs, write_atomic
+from coldvault.vault import Vault
+
+log = logging.getLogger(__name__)
+
+
+def object_path(object_id: str) -> str:
+    return f"objects/{object_id[:2]}/{object_id}.age"
+
+
+def fingerprint_of(st: os.stat_result) -> str:
+    return f"{st.st_dev}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}"
+
+
+@dataclass(frozen=True)
+class IngestRequest:
+    path: Path
+    source: str = "manual"
+    relpath: str | None = None
+    patient_id: str | None = None  # None: the unsorted inbox
+    doc_date: date | None = None
+    kind: str = ""
+    fingerprint: str | None = None  # as settled; the file must still match it
+    delete_source: bool = False
+
+
+@dataclass(frozen=True)
+class IngestResult:
+    request: IngestRequest
+    doc_id: str | None = None
+    object_path: str | None = None
+    patient_ref: str | None = None
+    size: int = 0
+    stored_size: int = 0
+    compressed: bool = False
+    skipped: str | None = None  # why nothing was archived ("already archived", ...)
+    error: ColdvaultError | None = None
+
+
+@dataclass
+class _Written:
+    request: IngestRequest
+    doc_id: str
+    object_path: str
+    patient: int | None
+    patient_ref: str | None
+    result: objects.ObjectResult
+    fingerprint: str
+
+
+class Ingestor:
+    """Archives files into the spool and catalog. The catalog is used from one thread only."""
+
+    def __init__(self, vault: Vault, catalog: Catalog, workers: int = 1) -> None:
+        self.vault = vault
+        self.catalog = catalog
+        self.workers = max(1, workers)
+        self._master = vault.master_recipient()
+        self._sealer = Sealer(catalog.conn, self._master, vault.info.master_generation)
+        self._pool = ThreadPoolExecutor(self.workers) if self.workers > 1 else None
+        self._lock = threading.Lock()
+        private_dir(vault.spool / "objects")
+        private_dir(vault.spool / "keys")
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+
+    # --- patients ------------------------------------------------------------------------
+    def patient_for(self, patient_id: str) -> tuple[int, str, str]:
+        """(row id, key id, recipient) of a patient, creating the patient key on first sight."""
+        lookup = self.vault.lookup("patient", patient_id)
+        row = self.catalog.patient_by_lookup(lookup)
+        if row is not None:
+            if row.purged:
+                log.warning("a document arrived for a purged patient; a new key is made")
+            else:
+                return row.id, row.key_id, row.recipient
+        key_id = objects.new_id()
+        key, sealed = keys.new_patient_key(key_id, patient_id, self._master)
+        rel = f"keys/{key_id}.age"
+        write_atomic(self.vault.spool / rel, sealed)
+        with self.catalog.transaction():
+            if row is not None:  # purged patient: retire the old lookup
+                self.catalog.conn.execute(
+                    "UPDATE patients SET lookup = lookup || ':purged:' || key_id WHERE id = ?",
+                    (row.id,),
+                )
+            pid = self.catalog.add_patient(
+                lookup,
+                key_id,
+                key.recipient,
+                self._sealer.seal(patient_id),
+                len(sealed),
+                hashlib.sha256(sealed).hexdigest(),
+            )
+        log.info("new patient key %s", key_id)
+        return pid, key_id, key.recipient
+
+    # --- documents -----------------------------------------------------------------------
+    def _write_one(
+        self, req: IngestRequest, recipient: str, patient: int | None, ref: str | None
+    ) -> _Written:
+        flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+        try:
+            fd = os.open(req.path, flags)
+        except OSError as exc:
+            raise UsageError(f"cannot read {req.path.name}: {exc.strerror}") from None
+        with os.fdopen(fd, "rb", buffering=0) as src:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise UsageError("not a regular file; it is skipped")
+            fp = fingerprint_of(st)
+            if req.fingerprint is not None and req.fingerprint != fp:
+                raise UsageError("the file changed after it was seen as finished")
+            doc_id = objects.new_id()[:16]
+            object_id = objects.new_id()
+            rel = object_path(object_id)
+            meta = objects.DocumentMeta(
+                document_id=doc_id,
+                patient_ref=ref or "",
+                name=req.path.name,
+                size=st.st_size,
+                sha256="",
+                source=req.source,
+                kind=req.kind,
+                document_date=req.doc_date.isoformat() if req.doc_date else None,
+                mtime=st.st_mtime,
+                archived_at=datetime.now(UTC).isoformat(timespec="seconds"),
+            )
+            final = self.vault.spool / rel
+            final.parent.mkdir(mode=0o700, exist_ok=True)
+            with atomic_writer(final, durable=False) as dst:
+                result = objects.write_object(
+                    src,
+                    st.st_size,
+                    meta,
+                    [age.parse_recipient(recipient)],
+                    dst,
+                )
+            # Changed while read (same size, new mtime)? Then this copy is not trustworthy.
+            if fingerprint_of(os.fstat(fd)) != fp:
+                os.unlink(final)
+                raise UsageError("the file changed while it was being archived")
+        return _Written(req, doc_id, rel, patient, ref, result, fp)
+
+    def ingest_batch(
+        self,
+        requests: Sequence[IngestRequest],
+        progress: Callable[[IngestResult], None] | None = None,
+    ) -> list[IngestResult]:
+        """Archive a batch; every request gets a result (archived, skipped or error)."""
+        results: list[IngestResult] = []
+        jobs: list[tuple[IngestRequest, str, int | None, str | None]] = []
+        for req in requests:
+            try:
+                if req.relpath is not None and req.fingerprint is not None:
+                    skey = self.vault.lookup("source", f"{req.source}\0{req.relpath}")
+                    if self.catalog.is_archived(skey, req.fingerprint):
+                        results.append(IngestResult(req, skipped="already archived"))
+                        continue
+                if req.patient_id is not None:
+                    pid, ref, recipient = self.patient_for(req.patient_id)
+                    jobs.append((req, recipient, pid, ref))
+                else:
+                    jobs.append((req, self.vault.info.master_recipient, None, None))
+            except ColdvaultError as exc:
+                results.append(IngestResult(req, error=exc))
+        written: list[_Written] = []
+
+        def run(job: tuple[IngestRequest, str, int | None, str | None]) -> _Written | IngestResult:
+            try:
+                return self._write_one(*job)
+            except ColdvaultError as exc:
+                return IngestResult(job[0], error=exc)
+            except OSError as exc:
+                return IngestResult(
+                    job[0], error=UsageError(f"cannot archive: {exc.strerror or exc}")
+                )
+
+        outcomes = list(self._pool.map(run, jobs)) if self._pool else [run(j) for j in jobs]
+        for out in outcomes:
+            if isinstance(out, IngestResult):
+                results.append(out)
+            else:
+                written.append(out)
+        if written:
+            self._sync_spool(written)
+            with self.catalog.transaction():
+                for w in written:
+                    req = w.request
+                    skey2: str | None = (
+                        self.vault.lookup("source", f"{req.source}\0{req.relpath}")
+                        if req.relpath is not None
+                        else None
+                    )
+                    self.catalog.add_document(
+                        doc_id=w.doc_id,
+                        patient=w.patient,
+                        object_path=w.object_path,
+                        object_size=w.result.size,
+                        object_sha256=w.result.sha256,
+                        source=req.source,
+                        kind=req.kind,
+                        doc_date=req.doc_date.isoformat() if req.doc_date else None,
+                        size=w.result.meta.size,
+                        sha256=w.result.meta.sha256,
+                        sealed_name=self._sealer.seal(req.path.name),
+                        source_key=skey2,
+                        fingerprint=w.fingerprint,
+                        delete_source=(req.source, req.relpath)
+                        if req.delete_source and req.relpath is not None
+                        else None,
+                    )
+            for w in written:
+                results.append(
+                    IngestResult(
+                        w.request,
+                        w.doc_id,
+                        w.object_path,
+                        w.patient_ref,
+                        w.result.meta.size,
+                        w.result.size,
+                        w.result.compressed,
+                    )
+                )
+        if progress is not None:
+            for r in results:
+                progress(r)
+        return results
+
+    def _sync_spool(self, written: Sequence[_Written]) -> None:
+        syncfs(self.vault.spool, [self.vault.spool / w.object_path for w in written])
+        for folder in {(self.vault.spool / w.object_path).parent for w in written}:
+            fsync_dir(folder)
+
+
+def clean_spool(vault: Vault, catalog: Catalog) -> int:
+    """Remove spool files the catalog does not know (left by a crash before recording)."""
+    removed = 0
+    objects_dir = vault.spool / "objects"
+    if not objects_dir.is_dir():
+        return 0
+    for sub in objects_dir.iterdir():
+        if not sub.is_dir():
+            continue
+        for f in sub.iterdir():
+            rel = f"objects/{sub.name}/{f.name}"
+            if f.name.startswith(".tmp-") or catalog.item(rel) is None:
+                f.unlink(missing_ok=True)
+                removed += 1
+    return removed

@@ -35,7 +35,7 @@ def run_testbed() -> int:
     tb = UMockdev.Testbed.new()
     _out({"root": tb.get_root_dir()})
 
-    def stick(cmd: dict[str, Any]) -> dict[str, Any]:
+    def stick(tb: Any, cmd: dict[str, Any]) -> dict[str, Any]:
         n = int(cmd.get("n", 1))
         uuid = cmd.get("uuid")
         label = cmd.get("label", "COLDVAULT01")
@@ -93,7 +93,7 @@ def run_testbed() -> int:
         op = cmd["op"]
         try:
             if op == "stick":
-                _out({"ok": True, **stick(cmd)})
+                _out({"ok": True, **stick(tb, cmd)})
             elif op == "device":  # any non-block device (input, usb, net ...)
                 path = tb.add_device(cmd["subsystem"], cmd["name"], None, cmd.get("attrs", []),
                                      cmd.get("props", []))  # fmt: skip

@@ -142,13 +142,13 @@ class DriveSource(Protocol):
         ...
 
 
-def detect_udevd(control: str = UDEV_CONTROL) -> bool:
+def detect_udevd(control: str | None = None) -> bool:
     """True when a udev daemon seems to run (its control socket exists).
 
     Without udevd, libudev's monitor receives nothing and reports no error (containers, CI).
     """
     try:
-        return stat.S_ISSOCK(os.stat(control).st_mode)
+        return stat.S_ISSOCK(os.stat(control or UDEV_CONTROL).st_mode)
     except OSError:
         return False
 
@@ -409,6 +409,12 @@ class MountinfoDriveSource:
             raise RuntimeError("MountinfoDriveSource.wait() before start()")
         if not self._poller.poll(max(int(timeout * 1000), 0)):
             return []
+        return self._rescan(at_start=False)
+
+    def rescan(self) -> list[DriveEvent]:
+        """Re-read the mount table now (a periodic safety net; events are only hints)."""
+        if self._file is None:
+            raise RuntimeError("MountinfoDriveSource.rescan() before start()")
         return self._rescan(at_start=False)
 
     def close(self) -> None:

@@ -19,7 +19,7 @@ in a name. Paths stay short (< 200 characters from the drive's root) for Windows
 
 Directory size on FAT32: a folder holds at most 65,536 entry slots, a long name takes
 1 + ceil(len/13) of them. ``max_objects_per_shard`` computes the capacity of one ``objects/<xx>``
-folder: with 32-hex ids (``<32 hex>.age``, 4 slots) 16,384 per shard, 4.2 M per drive; with
+folder: with 32-hex ids (``<32 hex>.age``, 4 slots) 16,383 per shard, 4.2 M per drive; with
 64-hex ids (7 slots) 9,362 per shard, 2.4 M per drive; base32 ids shard over 1,024 folders.
 """
 

@@ -169,7 +169,12 @@ def devnode_for_uuid(fs_uuid: str, by_uuid_dir: str = BY_UUID) -> str | None:
         return None
     try:
         res = subprocess.run(
-            [blkid, "-U", fs_uuid], capture_output=True, text=True, timeout=10, check=False
+            # -c /dev/null: probe now, never trust a stale cache (loop devices get reused)
+            [blkid, "-c", "/dev/null", "-U", fs_uuid],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
         )
     except (OSError, subprocess.TimeoutExpired) as exc:
         log.debug("blkid -U failed: %s", exc)
@@ -276,7 +281,7 @@ def umount(
         return
     err = (res.stderr or res.stdout).strip()
     log.debug("umount %s failed (%d): %s", mp, res.returncode, err)
-    low = err.lower()
+    low = err.replace(mp, "").lower()  # the path itself may contain "busy"
     if "busy" in low:
         raise UnmountError(
             "The drive is still in use and cannot be unmounted.",

@@ -817,9 +817,10 @@ class BatchWriter:
         if fs_type is None and info is not None:
             fs_type = info.fs_type
         self.fs_type = fs_type
-        self._device: str | None = None
+        self.device: str | None = None
+        """Block device whose cache is dropped before reading back (fuseblk mounts only)."""
         if info is not None and info.fs_type.startswith("fuseblk") and info.source.startswith("/"):
-            self._device = info.source
+            self.device = info.source
         if sync == "auto":
             sync = "syncfs" if fs_type in _SYNCFS_TYPES else "fsync"
         self.sync_mode: SyncMode = sync
@@ -891,8 +892,8 @@ class BatchWriter:
             if not staged:
                 return BatchResult([], [])
             self._sync([])  # data (fsync mode: each file was fsynced when written)
-            if self._device is not None and self.verify:
-                drop_device_cache(self._device)
+            if self.device is not None and self.verify:
+                drop_device_cache(self.device)
             good: list[_Staged] = []
             for st in staged:
                 if self.verify:

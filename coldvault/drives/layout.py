@@ -243,6 +243,8 @@ class Marker:
         problem = _marker_problem(self)
         if problem:
             raise ValueError(problem)
+        # Stored to the second in UTC: normalise so that a marker equals itself read back.
+        object.__setattr__(self, "created", self.created.astimezone(UTC).replace(microsecond=0))
 
     def to_json(self) -> bytes:
         doc: dict[str, Any] = dict(self.extra)

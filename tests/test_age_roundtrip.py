@@ -6,6 +6,7 @@ STREAM chunk boundaries, with the plaintext handed to the writer in arbitrary pi
 
 from __future__ import annotations
 
+import base64
 import io
 import itertools
 import random
@@ -520,3 +521,18 @@ def test_parse_identity_file_with_comments() -> None:
     for bad in ["", "# only a comment\n\n", f"{X25519_ID}\nnot a key\n", str(X25519_ID).lower()]:
         with pytest.raises(bech32.Bech32Error):
             age.parse_identity_file(bad)
+
+
+def test_armored_input_is_detected_on_any_stream(tmp_path: Path) -> None:
+    data = _data(C + 1)
+    ct = age.encrypt_bytes([X25519_ID.recipient()], data)
+    b64 = base64.b64encode(ct)
+    lines = [b64[i : i + 64] for i in range(0, len(b64), 64)]
+    armored = b"\n".join([b"-----BEGIN AGE ENCRYPTED FILE-----", *lines, b""])
+    armored += b"-----END AGE ENCRYPTED FILE-----\n"
+    assert age.decrypt_bytes([X25519_ID], armored) == data  # a BytesIO: no peek()
+    path = tmp_path / "f.age.txt"
+    path.write_bytes(b"\n  " + armored)
+    for buffering in (0, -1):
+        with open(path, "rb", buffering=buffering) as f:
+            assert age.decrypt_reader([X25519_ID], f).read() == data

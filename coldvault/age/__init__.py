@@ -155,6 +155,19 @@ def unwrap_file_key(header: Header, identities: Sequence[Identity]) -> bytes:
     raise AgeNoMatchError("none of the given keys can open this file")
 
 
+def _peek(src: BinaryIO, n: int) -> bytes:
+    """The first ``n`` bytes of ``src`` without consuming them (BytesIO has no ``peek``)."""
+    peek = getattr(src, "peek", None)
+    if peek is not None:
+        return bytes(peek(n)[:n])
+    if src.seekable():
+        pos = src.tell()
+        head = src.read(n)
+        src.seek(pos)
+        return head
+    return b""
+
+
 def decrypt_reader(
     identities: Sequence[Identity], src: BinaryIO, armored: bool | None = None
 ) -> DecryptReader:
@@ -165,8 +178,7 @@ def decrypt_reader(
     if not isinstance(src, io.BufferedIOBase | io.BytesIO):
         src = io.BufferedReader(src)  # type: ignore[type-var]
     if armored is None:
-        peek = getattr(src, "peek", None)
-        armored = looks_armored(peek(64)[:64]) if peek is not None else False
+        armored = looks_armored(_peek(src, 64))
     if armored:
         src = io.BytesIO(dearmor(src.read()))
     header = parse_header(src)

@@ -381,6 +381,7 @@ class UdisksStack:
     own_udevd: bool = False
     created_paths: list[str] = field(default_factory=list)
     dev_modes: dict[str, tuple[int, int, int]] = field(default_factory=dict)
+    media_before: set[str] = field(default_factory=set)
 
     def polkit(self, method: str, sig: str, *args: Any) -> None:
         """Call the mock polkit's control methods (SetAllowed 'as', AllowUnknown 'b')."""
@@ -408,6 +409,11 @@ class UdisksStack:
                     os.chown(p, uid, gid)
                     os.chmod(p, mode)
         shutil.rmtree(self.tmp, ignore_errors=True)
+        # udisksd makes /media/<user>/ for its mounts: remove the ones it made, once empty
+        with contextlib.suppress(OSError):
+            for name in set(os.listdir("/media")) - self.media_before:
+                with contextlib.suppress(OSError):
+                    os.rmdir(os.path.join("/media", name))
 
 
 def start_udisks_stack() -> UdisksStack:
@@ -418,6 +424,8 @@ def start_udisks_stack() -> UdisksStack:
     conf = os.path.join(tmp, "bus.conf")
     Path(conf).write_text(_BUS_CONF.format(sock=sock))
     stack = UdisksStack(bus_address=f"unix:path={sock}", tmp=tmp)
+    with contextlib.suppress(OSError):
+        stack.media_before = set(os.listdir("/media"))
     env = dict(_TOOL_ENV, DBUS_SYSTEM_BUS_ADDRESS=stack.bus_address)
     try:
         from coldvault.drives.events import detect_udevd

@@ -74,6 +74,8 @@ def test_filesystem_facts(drive: LoopDrive) -> None:
     assert info is not None and info.mountpoint == str(drive.mountpoint)
     assert info.fs_type == {"ext4": "ext4", "exfat": "fuseblk"}[drive.fs]
     assert info.source == drive.loop
+    # the block device whose cache a read-back must drop: only for the FUSE block filesystem
+    assert fsio.cache_device(drive.mountpoint) == (drive.loop if drive.fs == "exfat" else None)
     # exfat-fuse shows up as "fuseblk": the boot sector tells it is exFAT (no 4 GiB limit)
     assert fsio.max_file_size(drive.mountpoint) == fsio.NO_LIMIT
     assert 0 < fsio.free_space(drive.mountpoint) < 32 << 20
@@ -134,6 +136,11 @@ def test_killed_fuse_process_is_drive_gone_and_nothing_is_returned(tmp_path: Pat
                 bw.commit()  # nothing can be recorded
         with pytest.raises(DriveGone):
             fsio.write_file_atomic(root, "third", b"x")
+        # reading a dead drive is "gone", never a raw OSError nor "no such object"
+        with pytest.raises(DriveGone):
+            fsio.read_back_object(root, "first")
+        with pytest.raises(DriveGone):
+            fsio.make_dirs_durable(root / "objects" / "ab")
     # after a real unplug the drive comes back: nothing half-written under a final name
     with attach(d.image, d.mountpoint, "exfat") as d2:
         names = os.listdir(d2.mountpoint)

@@ -171,7 +171,7 @@ def _gone(detail: str) -> DriveGone:
 def _is_gone(where: str | os.PathLike[str], dev: int | None) -> bool:
     """Best guess whether the drive holding ``where`` went away (vs. failed in place)."""
     p = Path(where)
-    probe = p if p.is_dir() else p.parent
+    probe = p if os.path.isdir(p) else p.parent  # os.path: never raises (ENOTCONN, EIO)
     try:
         st = os.stat(probe)
     except OSError:
@@ -295,7 +295,7 @@ def make_dirs_durable(path: str | os.PathLike[str]) -> None:
     """``mkdir -p`` that fsyncs the parent of every folder it creates."""
     p = Path(path)
     missing: list[Path] = []
-    while not p.is_dir():
+    while not _is_dir(p):
         missing.append(p)
         p = p.parent
     for d in reversed(missing):
@@ -306,6 +306,26 @@ def make_dirs_durable(path: str | os.PathLike[str]) -> None:
         except OSError as e:
             raise drive_error_from_oserror(e, d.parent) from e
         fsync_dir(d.parent)
+
+
+def _is_dir(p: Path) -> bool:
+    try:
+        return stat.S_ISDIR(os.stat(p).st_mode)
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+    except OSError as e:
+        raise drive_error_from_oserror(e, p) from e
+
+
+def _is_file(p: Path) -> bool:
+    """Like Path.is_file, but a drive that fails or went away raises a DriveError instead of
+    looking like a missing file."""
+    try:
+        return stat.S_ISREG(os.stat(p).st_mode)
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+    except OSError as e:
+        raise drive_error_from_oserror(e, p) from e
 
 
 def remove_file_durable(path: str | os.PathLike[str]) -> bool:
@@ -331,12 +351,12 @@ def object_parts(dst_dir: str | os.PathLike[str], name: str) -> list[Path]:
     """The files holding object ``name`` in ``dst_dir``, in order: ``[name]`` if the whole file
     exists, else the contiguous parts ``name.000``, ``name.001``, ...; ``[]`` if none."""
     d = Path(dst_dir)
-    if (d / name).is_file():
+    if _is_file(d / name):
         return [d / name]
     parts: list[Path] = []
     for i in range(MAX_PARTS):
         p = d / part_name(name, i)
-        if not p.is_file():
+        if not _is_file(p):
             break
         parts.append(p)
     return parts
@@ -377,6 +397,16 @@ def clean_temp_files(dst_dir: str | os.PathLike[str]) -> int:
     except OSError as e:
         raise drive_error_from_oserror(e, dst_dir) from e
     return n
+
+
+def cache_device(path: str | os.PathLike[str]) -> str | None:
+    """The block device whose cache must be dropped before reading back files under ``path``:
+    the source of a ``fuseblk`` mount (exfat-fuse, ntfs-3g), else None. Look it up once per
+    drive and pass it as ``device=`` to the read-back functions."""
+    info = fs_info(path)
+    if info is not None and info.fs_type.startswith("fuseblk") and info.source.startswith("/"):
+        return info.source
+    return None
 
 
 def drop_device_cache(device: str | os.PathLike[str]) -> bool:
@@ -729,11 +759,14 @@ def write_file_atomic(
     ``expected_sha256``: the source's known hash; a mismatch raises SourceChanged and nothing is
     written. ``split_above``: the filesystem's ``max_file_size``; a larger source is written as
     parts ``name.000``, ``name.001``... of ``part_size`` bytes (``None``: never split).
-    ``device``: block device of a FUSE block filesystem (see ``drop_device_cache``).
+    ``device``: block device whose cache to drop before the read-back; None: found with
+    ``cache_device(dst_dir)`` (only fuseblk mounts have one, see the module doc).
     Raises DriveFull / FileTooLarge / DriveGone / DriveReadOnly / DriveIOError / ReadBackMismatch.
     """
     d = Path(dst_dir)
     dev = _dir_dev(d)
+    if verify and device is None:
+        device = cache_device(d)
     st = _stage(
         d,
         name,
@@ -820,7 +853,7 @@ class BatchWriter:
         self.device: str | None = None
         """Block device whose cache is dropped before reading back (fuseblk mounts only)."""
         if info is not None and info.fs_type.startswith("fuseblk") and info.source.startswith("/"):
-            self.device = info.source
+            self.device = info.source  # same rule as cache_device()
         if sync == "auto":
             sync = "syncfs" if fs_type in _SYNCFS_TYPES else "fsync"
         self.sync_mode: SyncMode = sync

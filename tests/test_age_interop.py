@@ -318,7 +318,17 @@ def typage() -> Typage:
         if _installed_version() != pinned:
             try:
                 proc = subprocess.run(
-                    [npm, "ci", "--no-audit", "--no-fund", "--loglevel=error"],
+                    [
+                        npm,
+                        "ci",
+                        "--no-audit",
+                        "--no-fund",
+                        "--loglevel=error",
+                        "--prefer-offline",  # the npm cache, when it has the pinned tarballs
+                        "--fetch-retries=1",
+                        "--fetch-retry-mintimeout=2000",
+                        "--fetch-retry-maxtimeout=5000",
+                    ],
                     cwd=INTEROP_DIR,
                     capture_output=True,
                     text=True,
@@ -328,8 +338,8 @@ def typage() -> Typage:
             except subprocess.TimeoutExpired:
                 _missing("npm ci in tests/interop timed out (is the npm registry reachable?)")
             if proc.returncode != 0 or _installed_version() != pinned:
-                tail = " ".join(proc.stderr.strip().splitlines()[-3:])
-                _missing(f"npm ci in tests/interop failed (registry unreachable?): {tail}")
+                head = " ".join(proc.stderr.strip().splitlines()[:2])
+                _missing(f"npm ci in tests/interop failed (registry unreachable?): {head}")
     return Typage(node)
 
 

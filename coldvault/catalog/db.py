@@ -49,6 +49,28 @@ class DocumentRow:
     purged: str | None
 
 
+@dataclass(frozen=True)
+class DriveRow:
+    drive_id: str
+    name: str
+    fs_uuid: str | None
+    label: str | None
+    serial: str | None
+    path: str | None
+    is_directory: bool
+    enrolled: str
+    last_seen: str | None
+    last_sync: str | None
+    manifest_seq: int | None
+    manifest_digest: str | None
+    retired: str | None
+
+
+_DRIVE_COLUMNS = (
+    "drive_id, name, fs_uuid, label, serial, path, is_directory, enrolled, last_seen, "
+    "last_sync, manifest_seq, manifest_digest, retired"
+)
+
 _DOC_COLUMNS = (
     "d.doc_id, d.patient, p.key_id, d.object_path, d.source, d.kind, d.doc_date, "
     "d.archived_at, d.size, d.sha256, d.sealed_name, d.purged"
@@ -266,3 +288,175 @@ class Catalog:
                 "SELECT COALESCE(SUM(size), 0) FROM items WHERE in_spool = 1"
             ).fetchone()[0],
         }
+
+    # --- drives --------------------------------------------------------------------------
+    def add_drive(
+        self,
+        drive_id: str,
+        name: str,
+        *,
+        fs_uuid: str | None,
+        label: str | None,
+        serial: str | None,
+        path: str | None,
+        is_directory: bool,
+    ) -> None:
+        self.conn.execute(
+            "INSERT INTO drives (drive_id, name, fs_uuid, label, serial, path, is_directory, "
+            "enrolled) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (drive_id, name, fs_uuid, label, serial, path, int(is_directory), now_iso()),
+        )
+
+    def drives(self, *, include_retired: bool = False) -> list[DriveRow]:
+        sql = f"SELECT {_DRIVE_COLUMNS} FROM drives"
+        if not include_retired:
+            sql += " WHERE retired IS NULL"
+        return [self._drive(r) for r in self.conn.execute(sql + " ORDER BY enrolled, name")]
+
+    @staticmethod
+    def _drive(row: tuple[object, ...]) -> DriveRow:
+        values = list(row)
+        values[6] = bool(values[6])
+        return DriveRow(*values)  # type: ignore[arg-type]
+
+    def drive(
+        self, *, drive_id: str | None = None, name: str | None = None, fs_uuid: str | None = None
+    ) -> DriveRow | None:
+        if drive_id is not None:
+            where, arg = "drive_id = ?", drive_id
+        elif name is not None:
+            where, arg = "name = ?", name
+        elif fs_uuid is not None:
+            where, arg = "fs_uuid = ?", fs_uuid
+        else:
+            return None
+        row = self.conn.execute(f"SELECT {_DRIVE_COLUMNS} FROM drives WHERE {where}", (arg,))
+        found = row.fetchone()
+        return self._drive(found) if found else None
+
+    def touch_drive(self, drive_id: str, *, synced: bool = False, path: str | None = None) -> None:
+        now = now_iso()
+        self.conn.execute(
+            "UPDATE drives SET last_seen = ?, last_sync = CASE WHEN ? THEN ? ELSE last_sync END, "
+            "path = COALESCE(?, path) WHERE drive_id = ?",
+            (now, synced, now, path, drive_id),
+        )
+
+    def set_manifest_head(self, drive_id: str, seq: int, digest: str) -> None:
+        self.conn.execute(
+            "UPDATE drives SET manifest_seq = ?, manifest_digest = ? WHERE drive_id = ?",
+            (seq, digest, drive_id),
+        )
+
+    def lacking(self, drive_id: str) -> list[tuple[str, str, int, str]]:
+        """Items in the spool this drive has no verified copy of: (path, kind, size, sha256)."""
+        return list(
+            self.conn.execute(
+                "SELECT i.path, i.kind, i.size, i.sha256 FROM items i WHERE i.in_spool = 1 "
+                "AND NOT EXISTS (SELECT 1 FROM copies c WHERE c.path = i.path "
+                "AND c.drive_id = ? AND c.sha256 = i.sha256) ORDER BY i.kind DESC, i.path",
+                (drive_id,),
+            )
+        )
+
+    def lacking_elsewhere(self, drive_id: str) -> int:
+        """Items this drive lacks that are no longer in the spool (held by other drives)."""
+        return int(
+            self.conn.execute(
+                "SELECT COUNT(*) FROM items i WHERE i.in_spool = 0 AND NOT EXISTS "
+                "(SELECT 1 FROM copies c WHERE c.path = i.path AND c.drive_id = ? "
+                "AND c.sha256 = i.sha256)",
+                (drive_id,),
+            ).fetchone()[0]
+        )
+
+    def record_copy(self, path: str, drive_id: str, sha256: str) -> None:
+        self.conn.execute(
+            "INSERT INTO copies (path, drive_id, sha256, verified_at) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT(path, drive_id) DO UPDATE SET sha256 = excluded.sha256, "
+            "verified_at = excluded.verified_at",
+            (path, drive_id, sha256, now_iso()),
+        )
+
+    def forget_copy(self, path: str, drive_id: str) -> None:
+        self.conn.execute("DELETE FROM copies WHERE path = ? AND drive_id = ?", (path, drive_id))
+
+    def drive_holdings(self, drive_id: str) -> tuple[int, int]:
+        """(number of items, bytes) with a verified copy on the drive."""
+        row = self.conn.execute(
+            "SELECT COUNT(*), COALESCE(SUM(i.size), 0) FROM copies c JOIN items i "
+            "ON i.path = c.path AND i.sha256 = c.sha256 WHERE c.drive_id = ?",
+            (drive_id,),
+        ).fetchone()
+        return int(row[0]), int(row[1])
+
+    def fully_copied_spool_objects(self, copies: int) -> list[str]:
+        """Spool objects with at least ``copies`` verified copies on enrolled drives."""
+        return [
+            r[0]
+            for r in self.conn.execute(
+                "SELECT i.path FROM items i JOIN copies c ON c.path = i.path "
+                "AND c.sha256 = i.sha256 JOIN drives d ON d.drive_id = c.drive_id "
+                "AND d.retired IS NULL WHERE i.in_spool = 1 AND i.kind = 'object' "
+                "GROUP BY i.path HAVING COUNT(*) >= ?",
+                (copies,),
+            )
+        ]
+
+    def verified_copy_count(self, path: str) -> int:
+        return int(
+            self.conn.execute(
+                "SELECT COUNT(*) FROM copies c JOIN items i ON i.path = c.path "
+                "AND i.sha256 = c.sha256 JOIN drives d ON d.drive_id = c.drive_id "
+                "AND d.retired IS NULL WHERE c.path = ?",
+                (path,),
+            ).fetchone()[0]
+        )
+
+    def set_in_spool(self, path: str, in_spool: bool) -> None:
+        self.conn.execute("UPDATE items SET in_spool = ? WHERE path = ?", (int(in_spool), path))
+
+    def source_files_ready(self, copies: int) -> list[tuple[str, str, str, str]]:
+        """Originals whose object has ``copies`` verified copies: (doc_id, source, relpath,
+        fingerprint)."""
+        return list(
+            self.conn.execute(
+                "SELECT s.doc_id, s.source, s.relpath, s.fingerprint FROM source_files s "
+                "JOIN documents d ON d.doc_id = s.doc_id WHERE (SELECT COUNT(*) FROM copies c "
+                "JOIN items i ON i.path = c.path AND i.sha256 = c.sha256 JOIN drives dr ON "
+                "dr.drive_id = c.drive_id AND dr.retired IS NULL "
+                "WHERE c.path = d.object_path) >= ?",
+                (copies,),
+            )
+        )
+
+    def forget_source_file(self, doc_id: str) -> None:
+        self.conn.execute("DELETE FROM source_files WHERE doc_id = ?", (doc_id,))
+
+    def pending_deletions(self, drive_id: str) -> list[str]:
+        return [
+            r[0]
+            for r in self.conn.execute(
+                "SELECT path FROM deletions WHERE drive_id = ? ORDER BY path", (drive_id,)
+            )
+        ]
+
+    def done_deletion(self, path: str, drive_id: str) -> None:
+        self.conn.execute("DELETE FROM deletions WHERE path = ? AND drive_id = ?", (path, drive_id))
+        self.forget_copy(path, drive_id)
+
+    def pending_sources(self) -> list[tuple[str, int, int]]:
+        """(source, documents, bytes) still in the spool, per source."""
+        return list(
+            self.conn.execute(
+                "SELECT d.source, COUNT(*), COALESCE(SUM(i.size), 0) FROM documents d "
+                "JOIN items i ON i.path = d.object_path WHERE i.in_spool = 1 "
+                "AND d.purged IS NULL GROUP BY d.source ORDER BY d.source"
+            )
+        )
+
+    def oldest_pending(self) -> str | None:
+        row = self.conn.execute(
+            "SELECT MIN(created) FROM items WHERE in_spool = 1 AND kind = 'object'"
+        ).fetchone()
+        return row[0] if row else None

@@ -68,7 +68,10 @@ MIGRATIONS: list[str] = [
         label TEXT,
         serial TEXT,
         path TEXT,                    -- for directory drives and last known mount point
+        is_directory INTEGER NOT NULL DEFAULT 0,
         enrolled TEXT NOT NULL,
+        manifest_seq INTEGER,         -- head of the drive's signed manifest chain
+        manifest_digest TEXT,
         last_seen TEXT,
         last_sync TEXT,
         retired TEXT

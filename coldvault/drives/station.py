@@ -1,0 +1,431 @@
+"""The drive station: enroll a drive, and sync the vault to an enrolled drive.
+
+A sync, in order (each step safe to interrupt; the next plug resumes):
+  1. check the drive's marker: this vault, an enrolled drive (never write to any other);
+  2. carry out deletions a purge left for this drive;
+  3. copy what the drive lacks from the spool in batches: temp name, one sync per batch, read back
+     from the device (not the page cache), compare SHA-256, rename; record the verified copies in
+     the catalog only then;
+  4. copy the journal segments, an encrypted catalog snapshot, and a signed manifest of what this
+     sync added or removed (then record the manifest head);
+  5. drop spool objects that now have the required number of verified copies, and remove the
+     originals of sources with ``on_archived = "delete"``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+import secrets
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+from coldvault import manifest as mf
+from coldvault.catalog.db import Catalog, DriveRow
+from coldvault.drives import fsio, layout
+from coldvault.errors import DriveError, NotAvailable, UsageError, VaultError
+from coldvault.signing import SigningKey, VerifyKey
+from coldvault.snapshot import snapshot_name, write_snapshot
+from coldvault.vault import Vault
+
+log = logging.getLogger(__name__)
+
+BATCH_FILES = 256
+BATCH_BYTES = 256 * 1024 * 1024
+KEEP_SNAPSHOTS = 3
+
+Progress = Callable[[str, int, int], None]  # (what, done, total)
+
+
+@dataclass
+class SyncReport:
+    drive: str
+    copied: int = 0
+    bytes: int = 0
+    deleted: int = 0
+    failed: list[str] = field(default_factory=list)
+    spool_dropped: int = 0
+    sources_removed: int = 0
+    lacking_after: int = 0
+    stopped: str | None = None  # why the sync stopped early (drive full, removed, ...)
+
+    @property
+    def complete(self) -> bool:
+        return self.stopped is None and not self.failed and self.lacking_after == 0
+
+
+def enroll(
+    vault: Vault,
+    catalog: Catalog,
+    root: Path,
+    name: str,
+    *,
+    fs_uuid: str | None = None,
+    label: str | None = None,
+    serial: str | None = None,
+    is_directory: bool = False,
+) -> DriveRow:
+    """Write the vault marker and layout on ``root`` and record the drive."""
+    if not name or any(c in name for c in "\r\n\t") or len(name) > 64:
+        raise UsageError("a drive name must be 1 to 64 characters on one line")
+    if catalog.drive(name=name) is not None:
+        raise UsageError(f"a drive named {name!r} is already enrolled")
+    if not root.is_dir():
+        raise UsageError(f"{root} is not a folder or a mounted drive")
+    drive_id = secrets.token_hex(8)
+    marker = layout.Marker(
+        vault_id=vault.info.vault_id,
+        drive_id=drive_id,
+        drive_name=name,
+        verify_key=vault.info.verify_key,
+        created=datetime.now(UTC),
+    )
+    layout.init_drive(root, marker)
+    with catalog.transaction():
+        catalog.add_drive(
+            drive_id,
+            name,
+            fs_uuid=fs_uuid,
+            label=label,
+            serial=serial,
+            path=str(root.absolute()),
+            is_directory=is_directory,
+        )
+    row = catalog.drive(drive_id=drive_id)
+    assert row is not None
+    return row
+
+
+class Station:
+    def __init__(
+        self,
+        vault: Vault,
+        catalog: Catalog,
+        *,
+        copies: int = 2,
+        source_paths: dict[str, Path] | None = None,
+        delete_sources: set[str] | None = None,
+        progress: Progress | None = None,
+        journal: Callable[..., object] | None = None,
+    ) -> None:
+        self.vault = vault
+        self.catalog = catalog
+        self.copies = copies
+        self.source_paths = source_paths or {}
+        self.delete_sources = delete_sources or set()
+        self.progress = progress
+        self.journal = journal
+        self._verify_key = VerifyKey.from_text(vault.info.verify_key)
+
+    # --- identification ------------------------------------------------------------------
+    def identify(self, root: Path) -> DriveRow:
+        """The enrolled drive at ``root``; raises if it is foreign or not enrolled."""
+        marker = layout.check_marker(root, self.vault.info.vault_id)
+        row = self.catalog.drive(drive_id=marker.drive_id)
+        if row is None or row.retired:
+            raise VaultError(
+                f"the drive {marker.drive_name!r} belongs to this vault but is not enrolled "
+                "in this catalog",
+                hint="enroll it again with 'coldvault drive enroll', or use another drive",
+            )
+        return row
+
+    def vouched(self, root: Path, row: DriveRow) -> mf.VouchedSet | None:
+        folder = layout.vault_dir(root) / layout.MANIFESTS_DIR
+        if not any(folder.glob("*.txt")):
+            if row.manifest_seq:
+                raise mf.ManifestChainError(
+                    f"the manifests of drive {row.name!r} are missing (the vault wrote "
+                    f"{row.manifest_seq} of them): the drive was tampered with or damaged"
+                )
+            return None
+        head = (
+            mf.ChainHead(row.manifest_seq, row.manifest_digest)
+            if row.manifest_seq and row.manifest_digest
+            else None
+        )
+        return mf.load_manifest_folder(
+            folder,
+            self._verify_key,
+            vault_id=self.vault.info.vault_id,
+            drive_id=row.drive_id,
+            known_head=head,
+        )
+
+    # --- sync ----------------------------------------------------------------------------
+    def sync(self, root: Path) -> SyncReport:
+        row = self.identify(root)
+        report = SyncReport(row.name)
+        top = layout.vault_dir(root)
+        self.catalog.touch_drive(row.drive_id, path=str(root))
+        vouched = self.vouched(root, row)
+        added: list[mf.Entry] = []
+        removed: list[str] = []
+        try:
+            self._deletions(top, row, report, removed)
+            self._copy_items(root, top, row, report, added)
+            added += self._copy_journal(top)
+            added += self._write_snapshot(top, removed)
+        except DriveError as exc:
+            report.stopped = exc.message
+            log.warning("sync to %s stopped: %s", row.name, exc.message)
+        # The manifest records what is on the drive even after a partial sync.
+        if added or removed or vouched is None:
+            with contextlib.suppress(DriveError):
+                self._write_manifest(top, row, vouched, added, removed)
+        if report.stopped is None:
+            self.catalog.touch_drive(row.drive_id, synced=True, path=str(root))
+        report.spool_dropped = self.drop_spool_copies()
+        report.sources_removed = self.remove_sources()
+        report.lacking_after = len(self.catalog.lacking(row.drive_id))
+        if self.journal is not None:
+            self.journal(
+                "sync",
+                drive=row.drive_id,
+                copied=report.copied,
+                bytes=report.bytes,
+                deleted=report.deleted,
+                failed=len(report.failed),
+                stopped=report.stopped,
+            )
+        return report
+
+    def _deletions(self, top: Path, row: DriveRow, report: SyncReport, removed: list[str]) -> None:
+        for rel in self.catalog.pending_deletions(row.drive_id):
+            target = top / rel
+            fsio.remove_object_durable(target.parent, target.name)
+            with self.catalog.transaction():
+                self.catalog.done_deletion(rel, row.drive_id)
+            removed.append(rel)
+            report.deleted += 1
+
+    def _copy_items(
+        self, root: Path, top: Path, row: DriveRow, report: SyncReport, added: list[mf.Entry]
+    ) -> None:
+        lacking = self.catalog.lacking(row.drive_id)
+        total = len(lacking)
+        if not total:
+            return
+        need = sum(size for _, _, size, _ in lacking)
+        free = fsio.free_space(root)
+        if free < need:
+            log.warning("drive %s has %d bytes free for %d bytes to copy", row.name, free, need)
+        split_above = fsio.max_file_size(root)
+        for sub in {(top / rel).parent for rel, *_ in lacking}:
+            fsio.make_dirs_durable(sub)
+            fsio.clean_temp_files(sub)
+        done = 0
+        batch: list[tuple[str, str, int, str]] = []
+        batch_bytes = 0
+        stop: DriveError | None = None
+
+        def flush() -> None:
+            nonlocal batch, batch_bytes, done, stop
+            if not batch:
+                return
+            with fsio.BatchWriter(root, split_above=split_above) as writer:
+                staged: list[tuple[str, str, int, str]] = []
+                for item in batch:
+                    rel, _kind, _size, sha = item
+                    dst = top / rel
+                    try:
+                        with open(self.vault.spool / rel, "rb") as src:
+                            writer.add(dst.parent, dst.name, src, sha)
+                        staged.append(item)
+                    except fsio.SourceChanged:
+                        report.failed.append(rel)
+                        log.error("spool copy of %s does not match the catalog", rel)
+                    except FileNotFoundError:
+                        report.failed.append(rel)
+                        log.error("spool copy of %s is missing", rel)
+                    except DriveError as exc:
+                        stop = exc
+                        break
+                result = writer.commit()
+            by_path = {str(w.path): w for w in result.written}
+            with self.catalog.transaction():
+                for rel, _kind, size, sha in staged:
+                    w = by_path.get(str(top / rel))
+                    if w is None or w.sha256 != sha:
+                        continue
+                    self.catalog.record_copy(rel, row.drive_id, sha)
+                    added.append(mf.Entry(rel, size, sha))
+                    report.copied += 1
+                    report.bytes += size
+            for f in result.failed:
+                report.failed.append(str(f.path.relative_to(top)))
+            done += len(batch)
+            batch, batch_bytes = [], 0
+            if self.progress is not None:
+                self.progress("copy", done, total)
+            if stop is not None:
+                raise stop
+
+        for item in lacking:
+            batch.append(item)
+            batch_bytes += item[2]
+            if len(batch) >= BATCH_FILES or batch_bytes >= BATCH_BYTES:
+                flush()
+        flush()
+
+    def _copy_journal(self, top: Path) -> list[mf.Entry]:
+        out: list[mf.Entry] = []
+        src_dir = self.vault.journal_dir
+        if not src_dir.is_dir():
+            return out
+        dst_dir = top / layout.JOURNAL_DIR
+        fsio.make_dirs_durable(dst_dir)
+        for seg in sorted(src_dir.iterdir()):
+            if not seg.is_file() or seg.name.startswith("."):
+                continue
+            data = seg.read_bytes()
+            target = dst_dir / seg.name
+            with contextlib.suppress(OSError):
+                if target.read_bytes() == data:
+                    continue
+            w = fsio.write_file_atomic(dst_dir, seg.name, data)
+            out.append(mf.Entry(f"{layout.JOURNAL_DIR}/{seg.name}", w.size, w.sha256))
+        return out
+
+    def _write_snapshot(self, top: Path, removed: list[str]) -> list[mf.Entry]:
+        dst_dir = top / layout.CATALOG_DIR
+        fsio.make_dirs_durable(dst_dir)
+        name = snapshot_name()
+        with tempfile.TemporaryFile(dir=self.vault.state_dir) as tmp:
+            write_snapshot(self.vault, self.catalog.conn, tmp)
+            tmp.seek(0)
+            w = fsio.write_file_atomic(dst_dir, name, tmp)
+        snaps = sorted(p.name for p in dst_dir.glob("snapshot-*.age"))
+        for old in snaps[:-KEEP_SNAPSHOTS]:
+            fsio.remove_file_durable(dst_dir / old)
+            removed.append(f"{layout.CATALOG_DIR}/{old}")
+        return [mf.Entry(f"{layout.CATALOG_DIR}/{name}", w.size, w.sha256)]
+
+    def _write_manifest(
+        self,
+        top: Path,
+        row: DriveRow,
+        vouched: mf.VouchedSet | None,
+        added: list[mf.Entry],
+        removed: list[str],
+    ) -> None:
+        key = SigningKey.load(self.vault.signing_key_path)
+        now = datetime.now(UTC)
+        # Later entries for a path replace earlier ones; a re-added path is not removed.
+        entries = {e.path: e for e in added}
+        gone = sorted(set(removed) - set(entries))
+        if vouched is None:
+            m = mf.Manifest(
+                vault_id=self.vault.info.vault_id,
+                drive_id=row.drive_id,
+                seq=1,
+                created=now,
+                full=True,
+                entries=tuple(entries.values()),
+            )
+        else:
+            gone = [p for p in gone if p in vouched]
+            m = mf.Manifest(
+                vault_id=self.vault.info.vault_id,
+                drive_id=row.drive_id,
+                seq=vouched.head.seq + 1,
+                created=now,
+                prev=vouched.head.digest,
+                entries=tuple(entries.values()),
+                removed=tuple(gone),
+            )
+        data = mf.sign_manifest(m, key)
+        folder = top / layout.MANIFESTS_DIR
+        fsio.make_dirs_durable(folder)
+        fsio.write_file_atomic(folder, mf.manifest_filename(m.seq), data)
+        with self.catalog.transaction():
+            self.catalog.set_manifest_head(row.drive_id, m.seq, mf.manifest_digest(data))
+
+    # --- after a sync --------------------------------------------------------------------
+    def drop_spool_copies(self) -> int:
+        """Remove spool objects that enough drives hold (verified); returns how many."""
+        dropped = 0
+        for rel in self.catalog.fully_copied_spool_objects(self.copies):
+            with self.catalog.transaction():
+                self.catalog.set_in_spool(rel, False)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.vault.spool / rel)
+            dropped += 1
+        return dropped
+
+    def remove_sources(self) -> int:
+        """Remove originals (``on_archived = "delete"``) now held by enough drives."""
+        removed = 0
+        for doc_id, source, relpath, fingerprint in self.catalog.source_files_ready(self.copies):
+            base = self.source_paths.get(source)
+            if base is None or source not in self.delete_sources:
+                continue
+            path = base / relpath
+            try:
+                if _remove_original(path, fingerprint):
+                    removed += 1
+            except OSError as exc:
+                log.warning("cannot remove original of document %s: %s", doc_id, exc.strerror)
+                continue
+            with self.catalog.transaction():
+                self.catalog.forget_source_file(doc_id)
+        return removed
+
+
+def _remove_original(path: Path, fingerprint: str) -> bool:
+    """Overwrite then unlink the original, only if it is still the archived version.
+
+    Best effort: on SSDs and copy-on-write filesystems the old blocks may survive (see docs).
+    """
+    from coldvault.ingest import fingerprint_of
+
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return False
+    try:
+        st = os.fstat(fd)
+        if fingerprint_of(st) != fingerprint:
+            return False  # changed since: a new version, archived on its own
+        zeros = b"\0" * (1 << 20)
+        left = st.st_size
+        while left > 0:
+            left -= os.write(fd, zeros[: min(left, len(zeros))])
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.unlink(path)
+    return True
+
+
+def sha256_file(path: Path) -> tuple[int, str]:
+    h = hashlib.sha256()
+    size = 0
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+            size += len(chunk)
+    return size, h.hexdigest()
+
+
+def find_root(catalog: Catalog, row: DriveRow) -> Path:
+    """Where an enrolled drive is right now (directory drives: their path)."""
+    if row.is_directory and row.path:
+        p = Path(row.path)
+        if (p / layout.TOP_DIR / layout.MARKER_FILE).is_file():
+            return p
+    if row.fs_uuid:
+        from coldvault.drives.mounts import find_mount
+
+        m = find_mount(fs_uuid=row.fs_uuid)
+        if m is not None:
+            return Path(m.mountpoint)
+    raise NotAvailable(
+        f"the drive {row.name!r} is not plugged in",
+        hint="plug it in and try again",
+    )

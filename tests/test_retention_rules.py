@@ -180,6 +180,7 @@ def test_settings_from_config_lists_every_error_with_its_key() -> None:
                     "accounting": 10,
                     "letters": {"keep": "6y", "after": "birth"},
                     "misc": {"duration": "1y"},
+                    "": "1y",
                 },
             }
         )
@@ -191,6 +192,7 @@ def test_settings_from_config_lists_every_error_with_its_key() -> None:
         "retention.kinds.accounting",
         "retention.kinds.letters.after",
         "retention.kinds.misc",
+        "retention.kinds.: A document kind rule needs a kind name",
     ):
         assert key in msg, key
 
@@ -465,6 +467,7 @@ def test_legal_hold_is_reviewed_whatever_the_dates(reason: str | None, shown: st
         hold_reason=reason,
     )
     assert d.action is Action.REVIEW
+    assert len(d.reasons) == 1
     assert d.reasons[0].startswith("legal hold: ") and shown in d.reasons[0]
     assert d.documents_to_destroy == ()
     assert all(x.action is Action.REVIEW for x in d.documents)

@@ -398,7 +398,7 @@ def settings_from_config(
             else:
                 kinds[kind] = KindRule.of(kind, parse_duration(value, key))
         except ConfigError as exc:
-            errors.append(exc.message)
+            errors.append(exc.message if exc.message.startswith(key) else f"{key}: {exc.message}")
     if errors:
         raise ConfigError(
             "The retention settings are invalid: " + "; ".join(errors) + ".",
@@ -727,7 +727,7 @@ def _plan_patient(
 
     reasons = list(pr.reasons)
     for dd in decisions:
-        if dd.action is Action.REVIEW and dd.rule != pr.rule:
+        if dd.action is Action.REVIEW and dd.rule != pr.rule and dd.reason not in reasons:
             reasons.append(f"document {dd.document.doc_id}: {dd.reason}")
     if pr.action is Action.REVIEW or any(d.action is Action.REVIEW for d in decisions):
         action = Action.REVIEW

@@ -27,6 +27,7 @@ from coldvault.catalog.db import Catalog
 from coldvault.catalog.sealing import Sealer
 from coldvault.errors import ColdvaultError, UsageError
 from coldvault.fsutil import atomic_writer, fsync_dir, private_dir, syncfs, write_atomic
+from coldvault.sources.settle import open_beneath
 from coldvault.vault import Vault
 
 log = logging.getLogger(__name__)
@@ -50,6 +51,11 @@ class IngestRequest:
     kind: str = ""
     fingerprint: str | None = None  # as settled; the file must still match it
     delete_source: bool = False
+    root: Path | None = None  # the source folder: open relpath beneath it, never via a symlink
+
+    @property
+    def name(self) -> str:
+        return self.path.name
 
 
 @dataclass(frozen=True)
@@ -129,11 +135,15 @@ class Ingestor:
     def _write_one(
         self, req: IngestRequest, recipient: str, patient: int | None, ref: str | None
     ) -> _Written:
-        flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
         try:
-            fd = os.open(req.path, flags)
+            if req.root is not None and req.relpath is not None:
+                fd = open_beneath(req.root, req.relpath)
+            else:
+                fd = os.open(req.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except BlockingIOError:
+            raise UsageError("the file is still in use by another program") from None
         except OSError as exc:
-            raise UsageError(f"cannot read {req.path.name}: {exc.strerror}") from None
+            raise UsageError(f"cannot read the file: {exc.strerror or exc}") from None
         with os.fdopen(fd, "rb", buffering=0) as src:
             st = os.fstat(fd)
             if not stat.S_ISREG(st.st_mode):

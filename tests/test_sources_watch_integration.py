@@ -386,3 +386,23 @@ def test_stop_is_idempotent_and_joins_threads(root: Path):
     w.stop()
     w.stop()
     assert not any(t.name == "coldvault-sources" for t in threading.enumerate())
+
+
+def test_source_root_may_itself_be_a_symlink(tmp_path: Path):
+    """The configured folder is the installer's choice (e.g. /srv/scans -> /data/scans); only
+    symlinks *below* it are refused."""
+    real = tmp_path / "data"
+    real.mkdir()
+    link = tmp_path / "scans"
+    link.symlink_to(real)
+    (real / "142_20240118.pdf").write_bytes(b"pre")
+    with watching(link) as (_, col):
+        time.sleep(0.2)
+        (real / "143_20240119.pdf").write_bytes(b"new")
+        assert col.wait_for(lambda: col.has("142_20240118.pdf", "143_20240119.pdf"))
+        time.sleep(4 * QUIET)
+        assert col.content() == {"142_20240118.pdf": [b"pre"], "143_20240119.pdf": [b"new"]}
+        assert {rf.path for rf, _ in col.items} == {
+            link / "142_20240118.pdf",
+            link / "143_20240119.pdf",
+        }

@@ -122,6 +122,9 @@ class _Source:
     rules: SourceRules
     settler: Settler
     root: str
+    watch_root: str = ""
+    """The folder actually watched: ``root`` with symlinks resolved (watchdog would otherwise
+    watch a symlinked root itself, and see nothing inside it). Event paths start with it."""
     root_id: tuple[int, int] | None = None
     checked: bool = False
     watch: Any = None
@@ -136,14 +139,21 @@ class _Source:
     def name(self) -> str:
         return self.config.name
 
+    def is_root(self, path: str) -> bool:
+        path = os.path.normpath(path)
+        return path == self.root or path == self.watch_root
+
     def rel(self, path: str) -> str | None:
-        prefix = self.root if self.root.endswith("/") else self.root + "/"
-        if not path.startswith(prefix):
-            return None
-        try:
-            return check_relpath(path[len(prefix) :])
-        except UnsafePathError:
-            return None
+        for base in (self.watch_root, self.root):
+            if not base:
+                continue
+            prefix = base if base.endswith("/") else base + "/"
+            if path.startswith(prefix):
+                try:
+                    return check_relpath(path[len(prefix) :])
+                except UnsafePathError:
+                    return None
+        return None
 
 
 class _Handler(FileSystemEventHandler):
@@ -438,9 +448,10 @@ class SourceWatcher:
         self._wake.set()
 
     def _watch(self, src: _Source, observer: Any) -> None:
+        src.watch_root = os.path.realpath(src.root)
         try:
             src.watch = observer.schedule(
-                _Handler(self, src), src.root, recursive=True, event_filter=_EVENT_FILTER
+                _Handler(self, src), src.watch_root, recursive=True, event_filter=_EVENT_FILTER
             )
         except OSError as exc:
             src.watch = None
@@ -492,7 +503,7 @@ class SourceWatcher:
         path = os.fsdecode(event.src_path)
         if event.is_directory:
             if etype == "deleted":
-                if os.path.normpath(path) == src.root:
+                if src.is_root(path):
                     with self._lock:
                         self._next_root_check = self.clock()
                     self._wake.set()

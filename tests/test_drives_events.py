@@ -182,7 +182,7 @@ def test_a_failing_source_is_retried_not_fatal(caplog: pytest.LogCaptureFixture)
 
     src = Flaky()
     got: queue.Queue[DriveEvent] = queue.Queue()
-    with DriveWatcher(src, got.put, poll_interval=0.05):
+    with DriveWatcher(src, got.put, poll_interval=0.05, retry_delay=0.05):
         src.inject(ev(uuid="LATER"))
         assert got.get(timeout=5).fs_uuid == "LATER"
     assert "retrying" in caplog.text

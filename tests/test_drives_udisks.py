@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import subprocess
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -185,33 +186,33 @@ print(json.dumps(out))
 
 
 @pytest.fixture
-def as_nobody(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[str]]:
+def as_nobody() -> Iterator[list[str]]:
     """Command prefix running Debian's python3 as 'nobody' with coldvault and jeepney copied to
     a world-readable folder (the project's venv may live where 'nobody' cannot read)."""
     if not os.path.exists(SYSTEM_PYTHON) or shutil.which("runuser") is None:
         pytest.skip("needs /usr/bin/python3 and runuser")
     import jeepney
 
-    lib = Path(tempfile_dir := str(tmp_path_factory.mktemp("nobody-lib")))
-    ignore = shutil.ignore_patterns("__pycache__")
-    shutil.copytree(ROOT / "coldvault", lib / "coldvault", ignore=ignore)
-    shutil.copytree(Path(jeepney.__file__).parent, lib / "jeepney", ignore=ignore)
-    for d in [lib, *lib.parents]:
-        if str(d) in ("/", "/tmp"):
-            break
-        os.chmod(d, 0o755)
-    (lib / "as_user.py").write_text(_AS_SERVICE_USER)
-    yield [
-        "runuser",
-        "-u",
-        "nobody",
-        "--",
-        "env",
-        f"PYTHONPATH={tempfile_dir}",
-        SYSTEM_PYTHON,
-        "-B",
-        str(lib / "as_user.py"),
-    ]
+    lib = Path(tempfile.mkdtemp(prefix="cv-nobody-"))
+    try:
+        os.chmod(lib, 0o755)
+        ignore = shutil.ignore_patterns("__pycache__")
+        shutil.copytree(ROOT / "coldvault", lib / "coldvault", ignore=ignore)
+        shutil.copytree(Path(jeepney.__file__).parent, lib / "jeepney", ignore=ignore)
+        (lib / "as_user.py").write_text(_AS_SERVICE_USER)
+        yield [
+            "runuser",
+            "-u",
+            "nobody",
+            "--",
+            "env",
+            f"PYTHONPATH={lib}",
+            SYSTEM_PYTHON,
+            "-B",
+            str(lib / "as_user.py"),
+        ]
+    finally:
+        shutil.rmtree(lib, ignore_errors=True)
 
 
 @pytest.mark.root

@@ -509,11 +509,13 @@ class DriveWatcher:
         on_event: Callable[[DriveEvent], None],
         *,
         poll_interval: float = 0.2,
+        retry_delay: float = 1.0,
         name: str = "coldvault-drives",
     ) -> None:
         self.source = source
         self._on_event = on_event
         self._interval = poll_interval
+        self._retry_delay = retry_delay
         self._name = name
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -569,6 +571,6 @@ class DriveWatcher:
                 events = self.source.wait(self._interval)
             except Exception:
                 log.exception("the drive event source %s failed; retrying", self.source.name)
-                self._stop.wait(1.0)
+                self._stop.wait(self._retry_delay)
                 continue
             self._deliver(events)

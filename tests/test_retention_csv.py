@@ -7,7 +7,7 @@ from datetime import date
 from pathlib import Path
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from coldvault.errors import UsageError
@@ -167,6 +167,7 @@ ids = st.text(
 dates = st.none() | st.dates(min_value=date(1870, 1, 1), max_value=date(2100, 12, 31))
 
 
+@settings(deadline=None)
 @given(
     st.lists(st.tuples(ids, dates, dates), max_size=8, unique_by=lambda r: r[0]),
     st.sampled_from([";", ",", "\t"]),

@@ -8,7 +8,7 @@ from datetime import UTC, date, datetime, timedelta, timezone
 from html.parser import HTMLParser
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from coldvault.errors import IntegrityError
@@ -109,6 +109,7 @@ records = st.builds(
 )
 
 
+@settings(deadline=None)
 @given(records)
 def test_any_record_round_trips_and_renders(record: DestructionRecord) -> None:
     text = render_json(record)

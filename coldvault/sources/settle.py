@@ -120,8 +120,13 @@ def already_archived(
         return False
     try:
         return bool(is_archived(source, relpath, fingerprint))
-    except Exception:
-        log.exception("source %s: the is_archived check failed; the file is treated as new", source)
+    except Exception as exc:
+        log.error(
+            "source %s: the is_archived check failed (%s); the file is treated as new",
+            source,
+            type(exc).__name__,
+        )
+        log.debug("is_archived error", exc_info=True)
         return False
 
 

@@ -164,8 +164,11 @@ class _Handler(FileSystemEventHandler):
     def on_any_event(self, event: FileSystemEvent) -> None:
         try:
             self.watcher._on_event(self.source, event)
-        except Exception:  # never let the observer thread die
-            log.exception("source %s: error while handling a file event", self.source.name)
+        except Exception as exc:  # never let the observer thread die
+            log.error(
+                "source %s: %s while handling a file event", self.source.name, type(exc).__name__
+            )
+            log.debug("event handler error", exc_info=True)
 
 
 class _OverflowLogHandler(logging.Handler):
@@ -304,8 +307,9 @@ class SourceWatcher:
         while not self._stopping.is_set():
             try:
                 self.poll_once()
-            except Exception:
-                log.exception("source watcher: unexpected error (continuing)")
+            except Exception as exc:  # tracebacks may name files: DEBUG only
+                log.error("source watcher: unexpected %s (continuing)", type(exc).__name__)
+                log.debug("source watcher error", exc_info=True)
                 self._stopping.wait(min(self.quiet_seconds, 5.0))
             deadline = self.next_deadline()
             timeout = max(_MIN_SLEEP, min(_MAX_SLEEP, deadline - self.clock()))

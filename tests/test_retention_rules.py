@@ -158,6 +158,8 @@ def test_settings_from_config_builds_profile_and_kind_rules() -> None:
                 "accounting": "10y",
                 "claims": "90d",
                 "letters": {"keep": "6y", "after": "last_visit"},
+                "forms": "6y after last_visit",
+                "scans": "1y6m after document",
             },
         }
     )
@@ -166,6 +168,8 @@ def test_settings_from_config_builds_profile_and_kind_rules() -> None:
         "accounting": KindRule("accounting", years=10),
         "claims": KindRule("claims", days=90),
         "letters": KindRule("letters", years=6, after="last_visit"),
+        "forms": KindRule("forms", years=6, after="last_visit"),
+        "scans": KindRule("scans", years=1, months=6),
     }
     assert settings_from_config(None).profile.name == "cnil-2020"
     assert settings_from_config({}).kinds == {}
@@ -182,6 +186,8 @@ def test_settings_from_config_lists_every_error_with_its_key() -> None:
                     "accounting": 10,
                     "letters": {"keep": "6y", "after": "birth"},
                     "misc": {"duration": "1y"},
+                    "forms": "6y after birth",
+                    "notes": "6y before last_visit",
                     "": "1y",
                 },
             }
@@ -194,6 +200,8 @@ def test_settings_from_config_lists_every_error_with_its_key() -> None:
         "retention.kinds.accounting",
         "retention.kinds.letters.after",
         "retention.kinds.misc",
+        "retention.kinds.forms: a rule counts",
+        "retention.kinds.notes: '6y before last_visit' is not a retention rule",
         "retention.kinds.: A document kind rule needs a kind name",
     ):
         assert key in msg, key

@@ -16,6 +16,7 @@ from coldvault.retention.rules import (
     RetentionSettings,
     get_profile,
     parse_duration,
+    parse_kind_rule,
     plan,
     settings_from_config,
 )
@@ -35,6 +36,7 @@ __all__ = [
     "RetentionSettings",
     "get_profile",
     "parse_duration",
+    "parse_kind_rule",
     "plan",
     "settings_from_config",
 ]

@@ -128,6 +128,7 @@ __all__ = [
     "add_years",
     "get_profile",
     "parse_duration",
+    "parse_kind_rule",
     "plan",
     "settings_from_config",
 ]
@@ -280,6 +281,30 @@ class KindRule:
         return f"kind {self.kind}: {self.duration} after {anchor}"
 
 
+_AFTER_RE = re.compile(r"(?P<duration>\S+)(?:\s+after\s+(?P<after>\S+))?")
+
+
+def parse_kind_rule(kind: str, text: object, key: str | None = None) -> KindRule:
+    """Parse a ``[retention.kinds]`` value: ``"10y"`` (after the document date) or
+    ``"6y after last_visit"`` / ``"90d after document"``. Raises :class:`ConfigError`."""
+    key = key or f"retention.kinds.{kind}"
+    if not isinstance(text, str):
+        return KindRule.of(kind, parse_duration(text, key))
+    m = _AFTER_RE.fullmatch(text.strip())
+    if m is None:
+        raise ConfigError(
+            f"{key}: {text!r} is not a retention rule.",
+            hint='Write "10y", or "6y after last_visit", or "90d after document".',
+        )
+    after = m.group("after") or "document"
+    if after not in AFTER_VALUES:
+        raise ConfigError(
+            f'{key}: a rule counts "after document" or "after last_visit", not {after!r}.',
+            hint='Write "10y", or "6y after last_visit", or "90d after document".',
+        )
+    return KindRule.of(kind, parse_duration(m.group("duration"), key), after)  # type: ignore[arg-type]
+
+
 # --- profiles ----------------------------------------------------------------------------------
 
 
@@ -349,7 +374,8 @@ def settings_from_config(
         [retention.kinds]
         accounting = "10y"               # 10 years after the document date
         claims = "90d"
-        letters = { keep = "20y", after = "last_visit" }
+        letters = "6y after last_visit"  # or "90d after document" (the default anchor)
+        forms = { keep = "6y", after = "last_visit" }   # the same, as a table
 
     Unknown keys are rejected; every problem is listed, each with its key path, in one
     :class:`ConfigError`.
@@ -396,7 +422,7 @@ def settings_from_config(
                     continue
                 kinds[kind] = KindRule.of(kind, parse_duration(value["keep"], f"{key}.keep"), after)
             else:
-                kinds[kind] = KindRule.of(kind, parse_duration(value, key))
+                kinds[kind] = parse_kind_rule(kind, value, key)
         except ConfigError as exc:
             errors.append(exc.message if exc.message.startswith(key) else f"{key}: {exc.message}")
     if errors:

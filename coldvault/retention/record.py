@@ -40,6 +40,7 @@ __all__ = [
     "load_json",
     "render_html",
     "render_json",
+    "to_dict",
 ]
 
 FORMAT = "coldvault-destruction-record"

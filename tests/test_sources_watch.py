@@ -258,3 +258,17 @@ path = "{root}"
     w = watcher_from_config(cfg, lambda rf: None)
     assert w.rescan_interval == 42 and w.quiet_seconds == 0.5
     assert w.pending == 0
+
+
+def test_unreport_offers_a_file_again(root: Path):
+    """For a daemon whose on_ready only queues: a later ingest failure un-reports the file."""
+    (root / "a.pdf").write_bytes(b"x")
+    w, got, clock = make(root)
+    assert len(settle(w, clock)) == 1
+    clock.t += 700
+    assert settle(w, clock) == []
+    w.unreport("scanner", "a.pdf", retry_in=5)
+    assert w.next_deadline() <= clock.t + 5
+    clock.t += 5
+    assert [r.relpath for r in settle(w, clock)] == ["a.pdf"]
+    assert len(got) == 2

@@ -296,6 +296,18 @@ class SourceWatcher:
             self._next_rescan = min(self._next_rescan, when)
         self._wake.set()
 
+    def unreport(self, source: str, relpath: str, *, retry_in: float | None = None) -> None:
+        """Forget that ``relpath`` of ``source`` was reported, so that it is offered again: for
+        callers whose ``on_ready`` only queues the file and whose ingest failed later. The next
+        rescan offers it (or sooner: ``retry_in`` seconds asks for an early rescan).
+        Thread-safe."""
+        for src in self._sources:
+            if src.name == source:
+                with self._lock:
+                    src.reported.pop(relpath, None)
+        if retry_in is not None:
+            self.request_rescan(retry_in)
+
     @property
     def pending(self) -> int:
         """How many files are waiting to settle."""

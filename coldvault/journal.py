@@ -441,24 +441,27 @@ def read_entries(folder: Path) -> Iterator[Entry]:
         return
     except OSError as e:
         raise JournalError(f"The journal folder {folder} cannot be read ({e.strerror}).") from None
-    for number, path in segs:
-        try:
-            data = path.read_bytes()
-        except OSError as e:
+    for _, path in segs:
+        yield from _segment_entries(path)
+
+
+def _segment_entries(path: Path) -> Iterator[Entry]:
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return
+    except OSError as e:
+        raise JournalError(f"Journal segment {path.name} cannot be read ({e.strerror}).") from None
+    lines = data.split(b"\n")
+    lines.pop()  # a torn (or empty) tail
+    for lineno, raw in enumerate(lines, 1):
+        parsed = _parse_line(raw)
+        if isinstance(parsed, str):
             raise JournalError(
-                f"Journal segment {path.name} cannot be read ({e.strerror})."
-            ) from None
-        lines = data.split(b"\n")
-        lines.pop()  # a torn (or empty) tail
-        for lineno, raw in enumerate(lines, 1):
-            parsed = _parse_line(raw)
-            if isinstance(parsed, str):
-                raise JournalError(
-                    f"Line {lineno} of journal segment {path.name} is damaged: {parsed}.",
-                    hint="Run 'coldvault audit --verify' for details.",
-                )
-            yield parsed
-        del number
+                f"Line {lineno} of journal segment {path.name} is damaged: {parsed}.",
+                hint="Run 'coldvault audit --verify' for details.",
+            )
+        yield parsed
 
 
 # --- writing -------------------------------------------------------------------------------
@@ -498,9 +501,15 @@ class Journal:
 
     # -- reading ---------------------------------------------------------------------------
     def entries(self) -> Iterator[Entry]:
-        with self._locked(exclusive=False):
-            found = list(read_entries(self.folder))
-        yield from found
+        """Every entry in order (see :func:`read_entries`), one segment in memory at a time.
+
+        Each segment is read under the shared lock, so an append in progress is never seen
+        half-written; the lock is not held while the caller consumes the entries.
+        """
+        for path in self.segments():
+            with self._locked(exclusive=False):
+                found = list(_segment_entries(path))
+            yield from found
 
     def verify(self, expected_head: JournalHead | None = None) -> list[Problem]:
         """:func:`verify_folder` under the shared lock (no append half-seen)."""

@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 
 BATCH_MAX = 64
 CHECK_INTERVAL = 3600.0
+RETRY_SECONDS = 30.0
 
 
 @dataclass(frozen=True)
@@ -131,7 +132,7 @@ class Daemon:
                 if isinstance(item, _Stop):
                     break
                 if isinstance(item, ReadyFile):
-                    self._ingest(ingestor, [item])
+                    self._ingest(ingestor, [item], watcher)
                 elif isinstance(item, DriveEvent):
                     self._on_drive(catalog, station, item)
         finally:
@@ -147,7 +148,7 @@ class Daemon:
         log.info("coldvault daemon stopped")
         return 0
 
-    def _ingest(self, ingestor: Ingestor, first: list[ReadyFile]) -> None:
+    def _ingest(self, ingestor: Ingestor, first: list[ReadyFile], watcher: object) -> None:
         batch = list(first)
         deferred: list[object] = []
         while len(batch) < BATCH_MAX:  # whatever else is ready joins the batch
@@ -179,8 +180,12 @@ class Daemon:
             )
         results = ingestor.ingest_batch(requests)
         archived = [r for r in results if r.doc_id]
+        by_path = {rf.path: rf for rf in batch}
         for r in results:
             if r.error is not None:
+                rf = by_path.get(r.request.path)
+                if rf is not None:  # offered again later (busy, changed while read, ...)
+                    watcher.unreport(rf.source, rf.relpath, retry_in=RETRY_SECONDS)  # type: ignore[attr-defined]
                 # No file name at INFO or above: names are health data.
                 log.warning(
                     "source %s: a file was not archived: %s", r.request.source, r.error.message

@@ -144,12 +144,13 @@ class Restorer:
         self,
         vault: Vault,
         catalog: Catalog,
-        master: keys.AnyIdentity,
+        master: keys.AnyIdentity | list[keys.AnyIdentity],
         progress: Progress | None = None,
     ) -> None:
         self.vault = vault
         self.catalog = catalog
-        self.master = master
+        self.masters = master if isinstance(master, list) else [master]
+        self.master = self.masters[0]
         self.progress = progress
         self._roots: dict[str, tuple[Path, mf.VouchedSet | None]] | None = None
 
@@ -220,7 +221,7 @@ class Restorer:
             raise IntegrityError("the patient's key file is damaged or was replaced")
         if loc.vouched is not None:
             loc.vouched.check(rel, len(data), hashlib.sha256(data).hexdigest())
-        key = keys.open_patient_key(data, [self.master])
+        key = keys.open_patient_key(data, self.masters)
         assert key.identity is not None
         return key.identity
 
@@ -261,7 +262,7 @@ class Restorer:
 def restore_patient(
     vault: Vault,
     catalog: Catalog,
-    master: keys.AnyIdentity,
+    master: keys.AnyIdentity | list[keys.AnyIdentity],
     patient_id: str,
     dest: Path,
     *,

@@ -112,9 +112,27 @@ class Vault:
             raise VaultError("the identity file does not belong to this vault")
         return identity
 
+    def unlock_all(self, passphrase: bytes) -> list[keys.AnyIdentity]:
+        """The master, plus the previous / next one while a purge's rotation is unfinished."""
+        identities = [self.unlock(passphrase)]
+        for name in ("identity.previous.age", "identity.next.age"):
+            path = self.state_dir / name
+            if path.exists():
+                try:
+                    identities.append(keys.unseal_master(path.read_bytes(), passphrase))
+                except (OSError, VaultError):
+                    continue
+        return identities
+
     def change_passphrase(self, old: bytes, new: bytes) -> None:
-        identity = self.unlock(old)
-        write_atomic(self.identity_path, keys.seal_master(identity, self.info.vault_id, new))
+        identities = self.unlock_all(old)
+        write_atomic(self.identity_path, keys.seal_master(identities[0], self.info.vault_id, new))
+        for extra, name in zip(
+            identities[1:], ("identity.previous.age", "identity.next.age"), strict=False
+        ):
+            path = self.state_dir / name
+            if path.exists():
+                write_atomic(path, keys.seal_master(extra, self.info.vault_id, new))
 
     def lookup_key(self) -> bytes:
         if self._lookup_key is None:

@@ -19,6 +19,7 @@ import hashlib
 import logging
 import os
 import secrets
+import stat
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -169,7 +170,8 @@ class Station:
         try:
             self._deletions(top, row, report, removed)
             self._copy_items(root, top, row, report, added)
-            added += self._copy_journal(top)
+            added += self._copy_folder(self.vault.journal_dir, top, layout.JOURNAL_DIR)
+            added += self._copy_folder(self.vault.records_dir, top, "records")
             added += self._write_snapshot(top, removed)
         except DriveError as exc:
             report.stopped = exc.message
@@ -182,6 +184,11 @@ class Station:
             self.catalog.touch_drive(row.drive_id, synced=True, path=str(root))
         report.spool_dropped = self.drop_spool_copies()
         report.sources_removed = self.remove_sources()
+        from coldvault.purge import finish_rotation, update_record_confirmations
+
+        update_record_confirmations(self.vault, self.catalog)
+        if finish_rotation(self.vault, self.catalog) and self.journal is not None:
+            self.journal("key-change", action="previous master destroyed")
         report.lacking_after = len(self.catalog.lacking(row.drive_id))
         if self.journal is not None:
             self.journal(
@@ -197,6 +204,13 @@ class Station:
 
     def _deletions(self, top: Path, row: DriveRow, report: SyncReport, removed: list[str]) -> None:
         for rel in self.catalog.pending_deletions(row.drive_id):
+            if rel == "catalog/*":  # a purge: every snapshot sealed to the old master goes
+                for snap in sorted((top / layout.CATALOG_DIR).glob("snapshot-*.age")):
+                    fsio.remove_file_durable(snap)
+                    removed.append(f"{layout.CATALOG_DIR}/{snap.name}")
+                with self.catalog.transaction():
+                    self.catalog.done_deletion(rel, row.drive_id)
+                continue
             target = top / rel
             fsio.remove_object_durable(target.parent, target.name)
             with self.catalog.transaction():
@@ -273,12 +287,12 @@ class Station:
                 flush()
         flush()
 
-    def _copy_journal(self, top: Path) -> list[mf.Entry]:
+    def _copy_folder(self, src_dir: Path, top: Path, folder: str) -> list[mf.Entry]:
+        """Copy the files of ``src_dir`` the drive lacks or holds an older version of."""
         out: list[mf.Entry] = []
-        src_dir = self.vault.journal_dir
         if not src_dir.is_dir():
             return out
-        dst_dir = top / layout.JOURNAL_DIR
+        dst_dir = top / folder
         fsio.make_dirs_durable(dst_dir)
         for seg in sorted(src_dir.iterdir()):
             if not seg.is_file() or seg.name.startswith("."):
@@ -289,7 +303,7 @@ class Station:
                 if target.read_bytes() == data:
                     continue
             w = fsio.write_file_atomic(dst_dir, seg.name, data)
-            out.append(mf.Entry(f"{layout.JOURNAL_DIR}/{seg.name}", w.size, w.sha256))
+            out.append(mf.Entry(f"{folder}/{seg.name}", w.size, w.sha256))
         return out
 
     def _write_snapshot(self, top: Path, removed: list[str]) -> list[mf.Entry]:
@@ -365,9 +379,8 @@ class Station:
             base = self.source_paths.get(source)
             if base is None or source not in self.delete_sources:
                 continue
-            path = base / relpath
             try:
-                if _remove_original(path, fingerprint):
+                if _remove_original(base, relpath, fingerprint):
                     removed += 1
             except OSError as exc:
                 log.warning("cannot remove original of document %s: %s", doc_id, exc.strerror)
@@ -377,21 +390,24 @@ class Station:
         return removed
 
 
-def _remove_original(path: Path, fingerprint: str) -> bool:
-    """Overwrite then unlink the original, only if it is still the archived version.
-
-    Best effort: on SSDs and copy-on-write filesystems the old blocks may survive (see docs).
-    """
-    from coldvault.ingest import fingerprint_of
+def _remove_original(root: Path, relpath: str, fingerprint: str) -> bool:
+    """Remove the original, only if it is still the archived version: first renamed to a hidden
+    name (ignored by the watcher, so a crash never gets a half-shredded file archived), then
+    overwritten with zeros, then unlinked. Best effort: on SSDs and copy-on-write filesystems the
+    old blocks may survive (see docs/threat-model.md)."""
+    from coldvault.sources.settle import Fingerprint, lstat_beneath
 
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        st = lstat_beneath(root, relpath)
     except FileNotFoundError:
         return False
+    if not stat.S_ISREG(st.st_mode) or Fingerprint.from_stat(st).to_text() != fingerprint:
+        return False  # changed since: a new version, archived on its own
+    path = root / relpath
+    hidden = path.with_name(f".coldvault-shred-{secrets.token_hex(6)}")
+    os.rename(path, hidden)
+    fd = os.open(hidden, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     try:
-        st = os.fstat(fd)
-        if fingerprint_of(st) != fingerprint:
-            return False  # changed since: a new version, archived on its own
         zeros = b"\0" * (1 << 20)
         left = st.st_size
         while left > 0:
@@ -399,7 +415,9 @@ def _remove_original(path: Path, fingerprint: str) -> bool:
         os.fsync(fd)
     finally:
         os.close(fd)
-    os.unlink(path)
+    os.unlink(hidden)
+    with contextlib.suppress(OSError):
+        fsio.fsync_dir(hidden.parent)
     return True
 
 

@@ -1,0 +1,302 @@
+"""The yearly purge: plan from the catalog's facts, then crypto-shred what expired.
+
+Execution order (each step durable before the next):
+  1. the new master identity is sealed with the passphrase as ``identity.next.age``;
+  2. the catalog records the purge in one transaction: patients and documents marked purged,
+     their items forgotten, a deletion queued for every enrolled drive, the batch keys of sealed
+     fields re-sealed to the new master;
+  3. the purged key files and objects are removed from the spool;
+  4. every surviving patient key file is re-sealed to the new master (atomic per file) and its
+     new hash recorded, so every drive "lacks" it until it receives the new version;
+  5. ``identity.age`` becomes the new master; the old one is kept as ``identity.previous.age``
+     until every enrolled drive holds the re-sealed keys (:func:`finish_rotation`), then
+     overwritten and removed.
+While ``identity.next.age`` or ``identity.previous.age`` exist, :meth:`Vault.unlock_all` returns
+both masters, so an interruption at any point leaves every key file openable.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import secrets
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+from pathlib import Path
+
+from coldvault import keys
+from coldvault.catalog.db import Catalog, now_iso
+from coldvault.catalog.sealing import Opener
+from coldvault.errors import VaultError
+from coldvault.fsutil import fsync_dir, write_atomic
+from coldvault.patients import Facts
+from coldvault.retention import record as rec
+from coldvault.retention.rules import (
+    DocumentFacts,
+    PatientFacts,
+    PurgePlan,
+    RetentionSettings,
+    plan,
+)
+from coldvault.vault import Vault
+
+log = logging.getLogger(__name__)
+
+
+def gather_facts(catalog: Catalog, opener: Opener) -> list[PatientFacts]:
+    out: list[PatientFacts] = []
+    for p in catalog.patients():
+        if p.purged:
+            continue
+        facts = Facts.from_json(opener.open(p.sealed_facts))
+        holds = [
+            opener.open(r[0]) or ""
+            for r in catalog.conn.execute(
+                "SELECT sealed_reason FROM holds WHERE patient = ? AND released IS NULL", (p.id,)
+            )
+        ]
+        docs = [
+            DocumentFacts(
+                d.doc_id,
+                d.object_path,
+                d.kind or None,
+                date.fromisoformat(d.doc_date or d.archived_at[:10]),
+            )
+            for d in catalog.documents(p.id)
+        ]
+        out.append(
+            PatientFacts(
+                ref=p.key_id,
+                born=facts.born,
+                died=facts.died,
+                last_visit=facts.last_visit,
+                held=bool(holds),
+                hold_reason="; ".join(holds) or None,
+                documents=docs,
+            )
+        )
+    return out
+
+
+def make_plan(
+    catalog: Catalog, master: list[keys.AnyIdentity], settings: RetentionSettings, as_of: date
+) -> PurgePlan:
+    opener = Opener(catalog.conn, master)
+    return plan(gather_facts(catalog, opener), settings.profile, settings.kinds, as_of)
+
+
+@dataclass
+class PurgeResult:
+    record: rec.DestructionRecord
+    json_path: Path
+    html_path: Path
+    new_recovery_key: str
+    destroyed_patients: int
+    destroyed_documents: int
+
+
+def execute(
+    vault: Vault,
+    catalog: Catalog,
+    masters: list[keys.AnyIdentity],
+    purge_plan: PurgePlan,
+    *,
+    passphrase: bytes,
+    operator: str,
+) -> PurgeResult:
+    purge_id = secrets.token_hex(8)
+    old_master = masters[0]
+    new_master = keys.generate_identity(classic=not vault.info.post_quantum)
+    new_recipient = new_master.recipient()
+    generation = vault.info.master_generation + 1
+    write_atomic(
+        vault.state_dir / "identity.next.age",
+        keys.seal_master(new_master, vault.info.vault_id, passphrase),
+    )
+    drives = catalog.drives()
+    destroyed: list[rec.DestroyedPatient] = []
+    paths: list[str] = []
+    n_docs = 0
+    with catalog.transaction():
+        for decision in purge_plan.decisions:
+            docs = decision.documents_to_destroy
+            if not docs:
+                continue
+            row = catalog.patient_by_key_id(decision.ref)
+            assert row is not None
+            hashes: list[str] = []
+            for d in docs:
+                obj = str(d.object_id)
+                item = catalog.item(obj)
+                if item is not None:
+                    hashes.append(item[2])
+                catalog.conn.execute(
+                    "UPDATE documents SET purged = ? WHERE doc_id = ?", (now_iso(), d.doc_id)
+                )
+                paths.append(obj)
+            n_docs += len(docs)
+            if decision.destroy_key:
+                catalog.conn.execute(
+                    "UPDATE patients SET purged = ?, sealed_facts = NULL, "
+                    "lookup = lookup || ':purged' WHERE id = ?",
+                    (now_iso(), row.id),
+                )
+                catalog.conn.execute("DELETE FROM holds WHERE patient = ?", (row.id,))
+                paths.append(f"keys/{row.key_id}.age")
+            destroyed.append(
+                rec.DestroyedPatient(
+                    ref=decision.ref,
+                    document_count=len(docs),
+                    object_hashes=tuple(sorted(hashes)),
+                    drives_pending=tuple(sorted(dr.name for dr in drives)),
+                    scope="patient" if decision.destroy_key else "documents",
+                    rule=decision.rule,
+                )
+            )
+        for path in paths:
+            catalog.conn.execute("DELETE FROM items WHERE path = ?", (path,))
+            catalog.conn.execute(
+                "DELETE FROM source_files WHERE doc_id IN "
+                "(SELECT doc_id FROM documents WHERE object_path = ?)",
+                (path,),
+            )
+            for dr in drives:
+                catalog.conn.execute(
+                    "INSERT OR IGNORE INTO deletions (path, drive_id, purge_id) VALUES (?, ?, ?)",
+                    (path, dr.drive_id, purge_id),
+                )
+        # Old snapshots (sealed to the old master, listing the purged) go from every drive too.
+        for dr in drives:
+            catalog.conn.execute(
+                "INSERT OR IGNORE INTO deletions (path, drive_id, purge_id) VALUES (?, ?, ?)",
+                ("catalog/*", dr.drive_id, purge_id),
+            )
+        Opener(catalog.conn, masters).reseal_all(new_recipient, generation)
+    for path in paths:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(vault.spool / path)
+    fsync_dir(vault.spool / "keys")
+    # Re-seal every surviving patient key to the new master.
+    for p in catalog.patients():
+        if p.purged:
+            continue
+        rel = f"keys/{p.key_id}.age"
+        data = (vault.spool / rel).read_bytes()
+        resealed = keys.reseal_patient_key(data, [*masters, new_master], new_recipient)
+        write_atomic(vault.spool / rel, resealed)
+        with catalog.transaction():
+            catalog.add_item(rel, "key", len(resealed), hashlib.sha256(resealed).hexdigest())
+    # Switch masters: the old one stays (sealed) until every drive has the new keys.
+    current = vault.state_dir / "identity.age"
+    os.replace(current, vault.state_dir / "identity.previous.age")
+    os.replace(vault.state_dir / "identity.next.age", current)
+    fsync_dir(vault.state_dir)
+    vault.update_info(master_recipient=str(new_recipient), master_generation=generation)
+    record = rec.DestructionRecord(
+        vault_id=vault.info.vault_id,
+        created=datetime.now(UTC),
+        operator=operator,
+        profile=purge_plan.profile,
+        as_of=purge_plan.as_of,
+        patients=tuple(destroyed),
+    )
+    json_path, html_path = write_record(vault, record, purge_id)
+    with catalog.transaction():
+        catalog.conn.execute(
+            "INSERT INTO purges (purge_id, executed, record_json) VALUES (?, ?, ?)",
+            (purge_id, now_iso(), rec.render_json(record)),
+        )
+    del old_master
+    return PurgeResult(
+        record,
+        json_path,
+        html_path,
+        str(new_master),
+        len([d for d in destroyed if d.scope == "patient"]),
+        n_docs,
+    )
+
+
+def write_record(vault: Vault, record: rec.DestructionRecord, purge_id: str) -> tuple[Path, Path]:
+    vault.records_dir.mkdir(mode=0o700, exist_ok=True)
+    stem = f"destruction-{record.created.strftime('%Y%m%d-%H%M%S')}-{purge_id[:6]}"
+    json_path = vault.records_dir / f"{stem}.json"
+    html_path = vault.records_dir / f"{stem}.html"
+    write_atomic(json_path, rec.render_json(record).encode("utf-8"), 0o644)
+    write_atomic(html_path, rec.render_html(record).encode("utf-8"), 0o644)
+    return json_path, html_path
+
+
+def update_record_confirmations(vault: Vault, catalog: Catalog) -> None:
+    """Refresh each stored destruction record's confirmed / pending drives."""
+    names = {d.drive_id: d.name for d in catalog.drives(include_retired=True)}
+    for purge_id, record_json in catalog.conn.execute(
+        "SELECT purge_id, record_json FROM purges"
+    ).fetchall():
+        pending = {
+            names.get(r[0], r[0])
+            for r in catalog.conn.execute(
+                "SELECT DISTINCT drive_id FROM deletions WHERE purge_id = ?", (purge_id,)
+            )
+        }
+        record = rec.load_json(record_json)
+        patients = []
+        for p in record.patients:
+            everyone = set(p.drives_pending) | set(p.drives_confirmed)
+            patients.append(
+                rec.DestroyedPatient(
+                    ref=p.ref,
+                    document_count=p.document_count,
+                    object_hashes=p.object_hashes,
+                    drives_confirmed=tuple(sorted(everyone - pending)),
+                    drives_pending=tuple(sorted(everyone & pending)),
+                    scope=p.scope,
+                    rule=p.rule,
+                    kept_until=p.kept_until,
+                )
+            )
+        new = rec.DestructionRecord(
+            vault_id=record.vault_id,
+            created=record.created,
+            operator=record.operator,
+            profile=record.profile,
+            as_of=record.as_of,
+            patients=tuple(patients),
+        )
+        if rec.render_json(new) != record_json:
+            with catalog.transaction():
+                catalog.conn.execute(
+                    "UPDATE purges SET record_json = ? WHERE purge_id = ?",
+                    (rec.render_json(new), purge_id),
+                )
+            write_record(vault, new, purge_id)
+
+
+def finish_rotation(vault: Vault, catalog: Catalog) -> bool:
+    """Destroy the previous master once every enrolled drive holds the re-sealed keys."""
+    previous = vault.state_dir / "identity.previous.age"
+    if not previous.exists():
+        return False
+    for d in catalog.drives():
+        lacking_keys = [p for p, kind, _, _ in catalog.lacking(d.drive_id) if kind == "key"]
+        if lacking_keys or catalog.pending_deletions(d.drive_id):
+            return False
+    size = previous.stat().st_size
+    with open(previous, "r+b") as f:
+        f.write(os.urandom(size))
+        f.flush()
+        os.fsync(f.fileno())
+    previous.unlink()
+    fsync_dir(vault.state_dir)
+    log.info("every drive has the re-sealed keys: the previous master identity was destroyed")
+    return True
+
+
+def plan_summary(purge_plan: PurgePlan) -> dict[str, object]:
+    return json.loads(json.dumps(purge_plan.to_dict()))  # type: ignore[no-any-return]
+
+
+__all__ = ["PurgeResult", "VaultError", "execute", "finish_rotation", "make_plan"]

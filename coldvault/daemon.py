@@ -27,7 +27,7 @@ from coldvault.drives.events import DriveEvent, DriveSource, DriveWatcher, choos
 from coldvault.drives.station import Station
 from coldvault.errors import ColdvaultError
 from coldvault.ingest import Ingestor, IngestRequest, clean_spool
-from coldvault.journal import Journal
+from coldvault.journal import Journal, JSONValue
 from coldvault.sources.settle import Fingerprint
 from coldvault.sources.watch import ReadyFile, watcher_from_config
 from coldvault.status import compute_status
@@ -183,9 +183,9 @@ class Daemon:
         by_path = {rf.path: rf for rf in batch}
         for r in results:
             if r.error is not None:
-                rf = by_path.get(r.request.path)
-                if rf is not None:  # offered again later (busy, changed while read, ...)
-                    watcher.unreport(rf.source, rf.relpath, retry_in=RETRY_SECONDS)  # type: ignore[attr-defined]
+                failed = by_path.get(r.request.path)
+                if failed is not None:  # offered again later (busy, changed while read, ...)
+                    watcher.unreport(failed.source, failed.relpath, retry_in=RETRY_SECONDS)  # type: ignore[attr-defined]
                 # No file name at INFO or above: names are health data.
                 log.warning(
                     "source %s: a file was not archived: %s", r.request.source, r.error.message
@@ -210,7 +210,7 @@ class Daemon:
             log.warning("%s", w)
         overdue = [w for w in status.warnings if "plugged" in w or "waiting" in w]
         if overdue:
-            self.journal.append("warning", warnings=overdue)
+            self.journal.append("warning", warnings=list[JSONValue](overdue))
             self._tell("coldvault: attention", "\n".join(overdue))
 
     def _tell(self, summary: str, body: str) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -13,7 +14,7 @@ from coldvault.cli.common import AppContext, echo, pass_app
 from coldvault.errors import NotAvailable, UsageError
 
 
-def _journal(app: AppContext, event: str, **fields: object) -> None:
+def _journal(app: AppContext, event: str, **fields: Any) -> None:
     from coldvault.journal import Journal
 
     Journal(app.vault().journal_dir).append(event, **fields)
@@ -171,7 +172,7 @@ def sync(app: AppContext, name: str | None) -> int:
             continue
         journal.append("drive-done", drive=getattr(row, "drive_id", ""), copied=report.copied)
         if getattr(row, "is_directory", True):
-            echo(f"Drive {dname!r} is up to date.")
+            echo(f"Drive {dname!r} is up to date: you can remove the drive.")
         else:
             echo(
                 f"Drive {dname!r} is up to date: run 'coldvault drive eject {dname}', "

@@ -75,7 +75,7 @@ def restore(
         patient_ref=ref,
         documents=[d for d, _ in report.restored],
         damaged=[d for d, _ in report.damaged],
-        unavailable=sorted(report.unavailable),
+        unavailable=[d for d in sorted(report.unavailable)],
         reason=reason or "",
     )
     for _doc, path in report.restored:

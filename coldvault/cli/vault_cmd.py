@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -96,7 +97,7 @@ def init(
     echo("then enroll a USB drive with 'coldvault drive enroll'.")
 
 
-def _journal(vault: object, event: str, **fields: object) -> None:
+def _journal(vault: object, event: str, **fields: Any) -> None:
     from coldvault.journal import Journal
     from coldvault.vault import Vault
 

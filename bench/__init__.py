@@ -1,0 +1,1 @@
+"""coldvault's benchmark harness: ``python -m bench.run`` (see docs/performance.md)."""

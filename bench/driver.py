@@ -1,0 +1,229 @@
+"""The coldvault side of each scenario, run as its own process so that it is timed like the
+tools it is compared with (interpreter start-up and imports included).
+
+    python -m bench.driver create STATE [--classic]
+    python -m bench.driver ingest STATE LIST [--workers N] [--batch N]
+    python -m bench.driver enroll STATE ROOT
+    python -m bench.driver sync STATE ROOT
+    python -m bench.driver restore STATE PATIENT OUT
+    python -m bench.driver daemon CONFIG
+
+Each prints one JSON line of in-process figures on stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+T_START = time.monotonic()
+
+PASSPHRASE = b"bench passphrase, not a secret"
+
+
+def _patient(path: Path) -> str:
+    return path.name.split("_", 1)[0]
+
+
+def cmd_create(a: argparse.Namespace) -> dict[str, Any]:
+    from coldvault.vault import Vault
+
+    created = Vault.create(Path(a.state), PASSPHRASE, classic=a.classic)
+    return {"recovery_key": created.recovery_key}
+
+
+def cmd_ingest(a: argparse.Namespace) -> dict[str, Any]:
+    from coldvault import ingest
+    from coldvault.catalog.db import Catalog
+    from coldvault.ingest import Ingestor, IngestRequest
+    from coldvault.vault import Vault
+
+    t_imported = time.monotonic()
+    files = [Path(line) for line in Path(a.list).read_text().splitlines() if line]
+    vault = Vault(Path(a.state))
+    sync_time = 0.0
+    real_sync = Ingestor._sync_spool
+
+    def timed_sync(self: Ingestor, written: Any) -> None:
+        nonlocal sync_time
+        t = time.perf_counter()
+        real_sync(self, written)
+        sync_time += time.perf_counter() - t
+
+    ingest.Ingestor._sync_spool = timed_sync  # type: ignore[method-assign]
+    archived = errors = 0
+    with Catalog(vault.catalog_path) as catalog:
+        ing = Ingestor(vault, catalog, workers=a.workers)
+        t0 = time.perf_counter()
+        try:
+            for i in range(0, len(files), a.batch):
+                reqs = [
+                    IngestRequest(
+                        f, source="bench", patient_id=a.patient or _patient(f), kind="bench"
+                    )
+                    for f in files[i : i + a.batch]
+                ]
+                for r in ing.ingest_batch(reqs):
+                    if r.doc_id:
+                        archived += 1
+                    elif r.error is not None:
+                        errors += 1
+                        print(f"error: {r.error.message}", file=sys.stderr)
+        finally:
+            ing.close()
+        elapsed = time.perf_counter() - t0
+    if errors:
+        raise SystemExit(f"{errors} file(s) failed")
+    return {
+        "archived": archived,
+        "startup_s": t_imported - T_START,
+        "ingest_s": elapsed,
+        "sync_s": sync_time,
+    }
+
+
+def cmd_enroll(a: argparse.Namespace) -> dict[str, Any]:
+    from coldvault.catalog.db import Catalog
+    from coldvault.drives.station import enroll
+    from coldvault.vault import Vault
+
+    vault = Vault(Path(a.state))
+    with Catalog(vault.catalog_path) as catalog:
+        row = enroll(vault, catalog, Path(a.root), "bench", is_directory=True)
+    return {"drive_id": row.drive_id}
+
+
+def cmd_sync(a: argparse.Namespace) -> dict[str, Any]:
+    from coldvault.catalog.db import Catalog
+    from coldvault.drives.station import Station
+    from coldvault.vault import Vault
+
+    vault = Vault(Path(a.state))
+    with Catalog(vault.catalog_path) as catalog:
+        # copies=2 with one drive: the spool is kept, so every run starts from the same state.
+        report = Station(vault, catalog, copies=2).sync(Path(a.root))
+    if not report.complete:
+        raise SystemExit(f"sync incomplete: {report}")
+    return {"copied": report.copied, "bytes": report.bytes}
+
+
+class _FirstWrite:
+    """Wraps a destination file: records when the first plaintext byte is written."""
+
+    def __init__(self, dst: Any, marks: dict[str, float]) -> None:
+        self._dst = dst
+        self._marks = marks
+
+    def write(self, data: Any) -> int:
+        if "first_byte" not in self._marks and len(data):
+            self._marks["first_byte"] = time.monotonic()
+        return int(self._dst.write(data))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._dst, name)
+
+
+def cmd_restore(a: argparse.Namespace) -> dict[str, Any]:
+    from coldvault import objects
+    from coldvault.catalog.db import Catalog
+    from coldvault.vault import Vault
+
+    marks: dict[str, float] = {"imported": time.monotonic()}
+    real_read = objects.read_object
+
+    def read_object(src: Any, identities: Any, dst: Any) -> objects.OpenedDocument:
+        return real_read(src, identities, _FirstWrite(dst, marks))  # type: ignore[arg-type]
+
+    objects.read_object = read_object  # type: ignore[assignment]
+    vault = Vault(Path(a.state))
+    with Catalog(vault.catalog_path) as catalog:
+        row = catalog.patient_by_lookup(vault.lookup("patient", a.patient))
+        assert row is not None
+        docs = catalog.documents(row.id)
+        marks["catalog"] = time.monotonic()
+        master = vault.unlock(PASSPHRASE)
+        marks["unlocked"] = time.monotonic()
+        try:
+            from coldvault.restore import restore_patient
+        except ImportError:
+            restore_patient = None  # type: ignore[assignment]
+        if restore_patient is not None:
+            _ref, report = restore_patient(vault, catalog, master, a.patient, Path(a.out))
+            restored = len(report.restored)
+            if report.damaged or report.unavailable:
+                raise SystemExit(f"restore incomplete: {report}")
+            how = "coldvault.restore.restore_patient"
+        else:  # before coldvault.restore existed: the same steps by hand
+            from coldvault import keys
+
+            key = keys.open_patient_key(
+                (vault.spool / "keys" / f"{row.key_id}.age").read_bytes(), [master]
+            )
+            assert key.identity is not None
+            out = Path(a.out)
+            out.mkdir(parents=True, exist_ok=True)
+            for d in docs:
+                with open(vault.spool / d.object_path, "rb") as src, open(
+                    out / d.doc_id, "wb"
+                ) as dst:
+                    read_object(src, [key.identity], dst)
+            restored = len(docs)
+            how = "objects.read_object"
+    marks["done"] = time.monotonic()
+    return {
+        "documents": len(docs),
+        "restored": restored,
+        "how": how,
+        "marks": {k: v - T_START for k, v in marks.items()},
+        "t_start_monotonic": T_START,
+        "marks_monotonic": marks,
+    }
+
+
+def cmd_daemon(a: argparse.Namespace) -> dict[str, Any]:
+    import logging
+
+    from coldvault.config import load_config
+    from coldvault.daemon import Daemon
+
+    logging.basicConfig(level=logging.WARNING)
+    code = Daemon(load_config(Path(a.config)), watch_drives=False).run()
+    return {"exit": code}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="bench.driver")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    s = sub.add_parser("create")
+    s.add_argument("state")
+    s.add_argument("--classic", action="store_true")
+    s = sub.add_parser("ingest")
+    s.add_argument("state")
+    s.add_argument("list")
+    s.add_argument("--workers", type=int, default=1)
+    s.add_argument("--batch", type=int, default=64)
+    s.add_argument("--patient", help="file every document under this patient id")
+    s = sub.add_parser("enroll")
+    s.add_argument("state")
+    s.add_argument("root")
+    s = sub.add_parser("sync")
+    s.add_argument("state")
+    s.add_argument("root")
+    s = sub.add_parser("restore")
+    s.add_argument("state")
+    s.add_argument("patient")
+    s.add_argument("out")
+    s = sub.add_parser("daemon")
+    s.add_argument("config")
+    a = p.parse_args(argv)
+    fn = globals()[f"cmd_{a.cmd}"]
+    print(json.dumps(fn(a)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -443,3 +443,29 @@ def test_load_manifest_folder(tmp_path: Path) -> None:
     (folder / "00000003.txt").write_bytes(b"garbage")
     with pytest.raises(ManifestFormatError, match=r"00000003\.txt"):
         load_manifest_folder(folder, KEY.public())
+
+
+@pytest.mark.parametrize("chunk", [1, 90, 150, 333, 10_000])
+def test_chunked_parsing_matches_and_checks_order_across_chunks(
+    monkeypatch: pytest.MonkeyPatch, chunk: int
+) -> None:
+    import coldvault.manifest as manifest_mod
+
+    monkeypatch.setattr(manifest_mod, "_CHUNK", chunk)
+    entries = [entry(i) for i in range(40)]
+    base = load_manifest(sign_manifest(first(entries), KEY), KEY.public())
+    assert base.entries == tuple(sorted(entries))
+    # Two adjacent lines swapped anywhere (so also across a chunk boundary) are refused.
+    lines = valid_text(entries).split("\n")
+    plus = [i for i, line in enumerate(lines) if line.startswith("+ ")]
+    for k in range(len(plus) - 1):
+        swapped = list(lines)
+        swapped[plus[k]], swapped[plus[k + 1]] = swapped[plus[k + 1]], swapped[plus[k]]
+        with pytest.raises(ManifestFormatError, match="out of order"):
+            load_manifest(resign("\n".join(swapped)), KEY.public())
+    # A malformed line anywhere is refused.
+    for k in (0, 17, 39):
+        bad = list(lines)
+        bad[plus[k]] = bad[plus[k]].replace("+ ", "+  ", 1)
+        with pytest.raises(ManifestFormatError):
+            load_manifest(resign("\n".join(bad)), KEY.public())

@@ -255,10 +255,16 @@ def _segments(folder: Path) -> list[tuple[int, Path]]:
     return found
 
 
-def verify_folder(folder: Path, expected_head: JournalHead | None = None) -> list[Problem]:
+def verify_folder(
+    folder: Path,
+    expected_head: JournalHead | None = None,
+    *,
+    read: Callable[[Path], bytes] = Path.read_bytes,
+) -> list[Problem]:
     """Check a journal folder (the workstation's or a copy on a drive); no problem = intact.
 
-    Reads without taking the lock (a drive copy has no writer); see :meth:`Journal.verify`.
+    Linear, one segment in memory at a time. Reads without the lock (a drive copy has no
+    writer); :meth:`Journal.verify` passes a ``read`` that takes it segment by segment.
     """
     folder = Path(folder)
     problems: list[Problem] = []
@@ -291,7 +297,7 @@ def verify_folder(folder: Path, expected_head: JournalHead | None = None) -> lis
             resync = True
         expected_number = number + 1
         try:
-            data = path.read_bytes()
+            data = read(path)
         except OSError as err:
             problems.append(
                 Problem(
@@ -512,9 +518,16 @@ class Journal:
             yield from found
 
     def verify(self, expected_head: JournalHead | None = None) -> list[Problem]:
-        """:func:`verify_folder` under the shared lock (no append half-seen)."""
-        with self._locked(exclusive=False):
-            return verify_folder(self.folder, expected_head)
+        """:func:`verify_folder`, each segment read under the shared lock (no append is seen
+        half-written, and appends wait for one segment read, not for the whole check)."""
+
+        def read(path: Path) -> bytes:
+            with self._locked(exclusive=False):
+                return path.read_bytes()
+
+        if not self.folder.exists() and expected_head is None:
+            return []  # nothing written yet
+        return verify_folder(self.folder, expected_head, read=read)
 
     def head(self) -> JournalHead | None:
         with self._locked(exclusive=False):

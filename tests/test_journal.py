@@ -331,4 +331,5 @@ def test_concurrent_appends_from_two_processes(tmp_path: Path, small_segments: i
 def test_entries_of_missing_folder_is_empty(tmp_path: Path) -> None:
     assert list(read_entries(tmp_path / "nope")) == []
     j = Journal(tmp_path / "new")
-    assert j.head() is None and j.segments() == [] and j.verify() == []
+    assert j.verify() == [] and j.segments() == []
+    assert j.head() is None and j.verify() == []

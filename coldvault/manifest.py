@@ -105,7 +105,6 @@ FORMAT_LINE = "coldvault-manifest-v1"
 MANIFEST_DIR = "manifests"
 MAX_PATH = 1024
 MAX_SIZE = 2**63 - 1
-_HEADER_LINES = 11
 
 _ID = r"[A-Za-z0-9._:-]{1,128}"
 _NUM = r"(?:0|[1-9][0-9]{0,18})"

@@ -128,8 +128,11 @@ def measure(
     # exec happens on a vfork of this, large, Python process), so the command runs under GNU
     # time, a small C program whose own children report their true peak.
     gnu_time = shutil.which("time", path="/usr/bin:/bin")
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err, \
-            tempfile.NamedTemporaryFile("r") as tfile:
+    with (
+        tempfile.TemporaryFile() as out,
+        tempfile.TemporaryFile() as err,
+        tempfile.NamedTemporaryFile("r") as tfile,
+    ):
         cmd = list(argv)
         if gnu_time is not None:
             cmd = [gnu_time, "-q", "-f", "%U %S %M", "-o", tfile.name, *cmd]

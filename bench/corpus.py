@@ -16,12 +16,13 @@ text comes from a seeded :class:`random.Random`.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
 import os
 import random
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -102,13 +103,53 @@ def _scan_sizes(rng: random.Random, budget: int) -> Iterator[int]:
         yield size
 
 
-_WORDS = (
-    "patient consultation tension artérielle glycémie ordonnance renouvellement allergie "
-    "pénicilline antécédents hypertension diabète type asthme vaccination grippe dépistage "
-    "radiographie thorax normal examen clinique auscultation douleur abdominale fièvre toux "
-    "traitement paracétamol amoxicilline suivi biologique créatinine cholestérol courrier "
-    "confrère cardiologue dermatologue arrêt travail certificat aptitude sport bilan annuel"
-).split()
+_WORDS = [
+    "patient",
+    "consultation",
+    "tension",
+    "artérielle",
+    "glycémie",
+    "ordonnance",
+    "renouvellement",
+    "allergie",
+    "pénicilline",
+    "antécédents",
+    "hypertension",
+    "diabète",
+    "type",
+    "asthme",
+    "vaccination",
+    "grippe",
+    "dépistage",
+    "radiographie",
+    "thorax",
+    "normal",
+    "examen",
+    "clinique",
+    "auscultation",
+    "douleur",
+    "abdominale",
+    "fièvre",
+    "toux",
+    "traitement",
+    "paracétamol",
+    "amoxicilline",
+    "suivi",
+    "biologique",
+    "créatinine",
+    "cholestérol",
+    "courrier",
+    "confrère",
+    "cardiologue",
+    "dermatologue",
+    "arrêt",
+    "travail",
+    "certificat",
+    "aptitude",
+    "sport",
+    "bilan",
+    "annuel",
+]
 
 
 def _export_text(rng: random.Random, size: int, kind: str) -> bytes:
@@ -124,8 +165,8 @@ def _export_text(rng: random.Random, size: int, kind: str) -> bytes:
         if kind == "xml":
             rec = (
                 f'<observation id="{rng.getrandbits(48):012x}" patient="{pid}">\n'
-                f"  <date>{day}</date><code system=\"LOINC\">{rng.randrange(1000, 99999)}-"
-                f"{rng.randrange(10)}</code>\n  <value unit=\"mmHg\">{val}</value>\n"
+                f'  <date>{day}</date><code system="LOINC">{rng.randrange(1000, 99999)}-'
+                f'{rng.randrange(10)}</code>\n  <value unit="mmHg">{val}</value>\n'
                 f"  <note>{text}</note>\n</observation>\n"
             )
         elif kind == "hl7":
@@ -136,7 +177,7 @@ def _export_text(rng: random.Random, size: int, kind: str) -> bytes:
                 f"{val / 100:.2f}|g/L|0.70-1.10|N|||F\rNTE|1||{text}\r\n"
             )
         else:
-            rec = f"{pid};{day};{rng.randrange(100, 999)};{val};{val * 1.1:.1f};\"{text}\"\n"
+            rec = f'{pid};{day};{rng.randrange(100, 999)};{val};{val * 1.1:.1f};"{text}"\n'
         parts.append(rec)
         got += len(rec)
     return "".join(parts).encode()[:size]
@@ -160,7 +201,7 @@ def _ct_block(noise: Noise, rng: random.Random, n: int) -> bytes:
     return bytes(out) + bytes(n - half * 2)
 
 
-def _write_stream(path: Path, size: int, chunk: callable) -> None:  # type: ignore[valid-type]
+def _write_stream(path: Path, size: int, chunk: Callable[[int], bytes]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".part")
     with open(tmp, "wb") as f:
@@ -176,7 +217,7 @@ def _patient(rng: random.Random, spec: CorpusSpec) -> str:
     return f"P{rng.randrange(spec.patients):05d}"
 
 
-def generate(root: Path, spec: CorpusSpec, log: callable = print) -> Path:  # type: ignore[valid-type]
+def generate(root: Path, spec: CorpusSpec, log: Callable[[str], None] = print) -> Path:
     """Make the corpus under ``root/<spec key>`` (reused if it is already complete)."""
     base = root / f"corpus-{spec.key()}"
     done = base / "COMPLETE"
@@ -214,7 +255,7 @@ def generate(root: Path, spec: CorpusSpec, log: callable = print) -> Path:  # ty
             _write_stream(
                 base / "mix" / "large" / f"{pid}_series_{j}.dcm",
                 size,
-                lambda n, ct=ct, r2=r2: _ct_block(ct, r2, n),
+                functools.partial(_ct_block, ct, r2),
             )
     big = Noise(spec.seed, "big")
     rbig = random.Random(spec.seed + 99)

@@ -40,55 +40,119 @@ def verdicts(report: dict[str, Any]) -> list[dict[str, Any]]:
     start = _scenario(report, "startup")
     rows: list[dict[str, Any]] = []
 
-    def add(target: str, value: float | None, bound: float, unit: str = "x",
-            lower_is_better: bool = True) -> None:
+    def add(
+        target: str,
+        value: float | None,
+        bound: float,
+        unit: str = "x",
+        lower_is_better: bool = True,
+    ) -> None:
         if value is None:
             verdict = "not measured"
         elif lower_is_better:
             verdict = "met" if value <= bound else "NOT met"
         else:
             verdict = "met" if value >= bound else "NOT met"
-        rows.append({"target": target, "measured": value, "bound": bound, "unit": unit,
-                     "verdict": verdict})
+        rows.append(
+            {"target": target, "measured": value, "bound": bound, "unit": unit, "verdict": verdict}
+        )
 
     tar1 = _ratio(ing, "coldvault-1w", "tar|zstd -3|age")
     add("ingest mix, 1 worker vs tar|zstd -3|age (brief: <= 1.0x)", tar1, 1.0)
-    add("ingest mix, 1 worker: >= 0.9x the throughput of zstd -3|age (issue)",
-        None if tar1 is None else round(1 / tar1, 3), 0.9, "x throughput", False)
-    add(f"ingest mix, {n} workers vs tar|zstd -3 -T{n}|age (<= 0.8x)",
-        _ratio(ing, f"coldvault-{n}w", f"tar|zstd -3 -T{n}|age"), 0.8)
-    add(f"ingest mix, {n} workers vs first restic backup (brief <= 0.5x)",
-        _ratio(ing, f"coldvault-{n}w", "restic"), 0.5)
-    add("ingest mix, 1 worker vs first borg create -C zstd,3 (<= 1.0x)",
-        _ratio(ing, "coldvault-1w", "borg"), 1.0)
+    add(
+        "ingest mix, 1 worker: >= 0.9x the throughput of zstd -3|age (issue)",
+        None if tar1 is None else round(1 / tar1, 3),
+        0.9,
+        "x throughput",
+        False,
+    )
+    add(
+        f"ingest mix, {n} workers vs tar|zstd -3 -T{n}|age (<= 0.8x)",
+        _ratio(ing, f"coldvault-{n}w", f"tar|zstd -3 -T{n}|age"),
+        0.8,
+    )
+    add(
+        f"ingest mix, {n} workers vs first restic backup (brief <= 0.5x)",
+        _ratio(ing, f"coldvault-{n}w", "restic"),
+        0.5,
+    )
+    add(
+        "ingest mix, 1 worker vs first borg create -C zstd,3 (<= 1.0x)",
+        _ratio(ing, "coldvault-1w", "borg"),
+        1.0,
+    )
     scaling = ing["metrics"].get("scaling") if ing else None
-    add(f"parallel ingest scales: {n} workers vs 1 (>= 1.6x on 2 cores)", scaling, 1.6,
-        "x speed-up", False)
-    add(f"big file vs zstd -3 -T{n}|age (<= 1.0x)",
-        _ratio(big, "coldvault", f"zstd -3 -T{n}|age"), 1.0)
-    add("big file: peak resident memory (< 100 MiB)",
-        big["metrics"].get("peak_rss_mib") if big else None, 100.0, "MiB")
-    add("small documents per second, 1 worker, default (post-quantum) vault (>= 200)",
-        small["metrics"].get("coldvault-1w docs/s") if small else None, 200.0, "docs/s", False)
-    add("small documents per second, 1 worker, classic vault (>= 200)",
-        small["metrics"].get("coldvault-1w-classic docs/s") if small else None, 200.0,
-        "docs/s", False)
-    add("per-file overhead before fsync, 4 KiB files, default vault (<= 0.5 ms)",
-        small["metrics"].get("coldvault-1w 4KiB ms/doc before sync") if small else None, 0.5,
-        "ms")
-    add("per-file overhead before fsync, 4 KiB files, classic vault (<= 0.5 ms)",
+    add(
+        f"parallel ingest scales: {n} workers vs 1 (>= 1.6x on 2 cores)",
+        scaling,
+        1.6,
+        "x speed-up",
+        False,
+    )
+    add(
+        f"big file vs zstd -3 -T{n}|age (<= 1.0x)",
+        _ratio(big, "coldvault", f"zstd -3 -T{n}|age"),
+        1.0,
+    )
+    add(
+        "big file: peak resident memory (< 100 MiB)",
+        big["metrics"].get("peak_rss_mib") if big else None,
+        100.0,
+        "MiB",
+    )
+    add(
+        "small documents per second, 1 worker, default (post-quantum) vault (>= 200)",
+        small["metrics"].get("coldvault-1w docs/s") if small else None,
+        200.0,
+        "docs/s",
+        False,
+    )
+    add(
+        "small documents per second, 1 worker, classic vault (>= 200)",
+        small["metrics"].get("coldvault-1w-classic docs/s") if small else None,
+        200.0,
+        "docs/s",
+        False,
+    )
+    add(
+        "per-file overhead before fsync, 4 KiB files, default vault (<= 0.5 ms)",
+        small["metrics"].get("coldvault-1w 4KiB ms/doc before sync") if small else None,
+        0.5,
+        "ms",
+    )
+    add(
+        "per-file overhead before fsync, 4 KiB files, classic vault (<= 0.5 ms)",
         small["metrics"].get("coldvault-1w-classic 4KiB ms/doc before sync") if small else None,
-        0.5, "ms")
-    add("CLI start-up (<= 150 ms)", start["metrics"].get("startup_ms") if start else None,
-        150.0, "ms")
-    add("restore: first byte of a patient among the catalogued documents (< 1 s)",
-        rest["metrics"].get("first_byte_s") if rest else None, 1.0, "s")
-    add("restore of a patient vs age -d|zstd -d|tar -x (<= 1.0x, passphrase KDF included)",
-        _ratio(rest, "coldvault", "age -d|zstd -d|tar -x"), 1.0)
-    add("restore of a patient vs age -d|zstd -d|tar -x (<= 1.0x, KDF excluded)",
-        rest["metrics"].get("ratio_without_kdf") if rest else None, 1.0)
-    add("drive sync vs cp + sync + read back (bounded by the drive: <= 1.25x)",
-        _ratio(sync, "coldvault", "cp + sync + read back"), 1.25)
+        0.5,
+        "ms",
+    )
+    add(
+        "CLI start-up (<= 150 ms)",
+        start["metrics"].get("startup_ms") if start else None,
+        150.0,
+        "ms",
+    )
+    add(
+        "restore: first byte of a patient among the catalogued documents (< 1 s)",
+        rest["metrics"].get("first_byte_s") if rest else None,
+        1.0,
+        "s",
+    )
+    add(
+        "restore of a patient vs age -d|zstd -d|tar -x (<= 1.0x, passphrase KDF included)",
+        _ratio(rest, "coldvault", "age -d|zstd -d|tar -x"),
+        1.0,
+    )
+    add(
+        "restore of a patient vs age -d|zstd -d|tar -x (<= 1.0x, KDF excluded)",
+        rest["metrics"].get("ratio_without_kdf") if rest else None,
+        1.0,
+    )
+    add(
+        "drive sync vs cp + sync + read back (bounded by the drive: <= 1.25x)",
+        _ratio(sync, "coldvault", "cp + sync + read back"),
+        1.25,
+    )
     for key, label in (("empty", "empty watched folder"), ("with_files", "files already there")):
         m = idle["metrics"].get(key) if idle else None
         add(f"idle daemon CPU, {label} (< 1 %)", m["cpu_percent"] if m else None, 1.0, "%")
@@ -125,7 +189,8 @@ def render(report: dict[str, Any]) -> str:
         f"{m.get('coldvault')} (commit {m.get('commit')}), zstandard {m.get('zstandard')}, "
         f"cryptography {m.get('cryptography')}; age {m.get('age')}; {m.get('zstd')}; "
         f"{m.get('restic')}; {m.get('borg')}. Corpus seed {report['corpus']['seed']} "
-        f"(key {report['corpus']['key']}), big file {report['corpus']['big_size'] / 2**30:.2f} GiB.",
+        f"(key {report['corpus']['key']}), "
+        f"big file {report['corpus']['big_size'] / 2**30:.2f} GiB.",
         "",
         "### Targets",
         "",
@@ -134,7 +199,9 @@ def render(report: dict[str, Any]) -> str:
     ]
     for t in report.get("targets", []):
         val = "—" if t["measured"] is None else f"{_fmt(t['measured'])} {t['unit']}"
-        out.append(f"| {_cell(t['target'])} | {val} | {_fmt(t['bound'])} {t['unit']} | {t['verdict']} |")
+        out.append(
+            f"| {_cell(t['target'])} | {val} | {_fmt(t['bound'])} {t['unit']} | {t['verdict']} |"
+        )
     for s in report["scenarios"]:
         out += ["", f"### {s['title']} (`{s['name']}`)", ""]
         if s.get("error"):
@@ -144,11 +211,16 @@ def render(report: dict[str, Any]) -> str:
             out.append(f"Data: {s['data_files']:,} files, {s['data_bytes'] / 1e6:,.1f} MB.")
             out.append("")
         if s["contenders"]:
-            out += ["| contender | wall s (median) | MB/s | CPU s | peak RSS MiB | more |",
-                    "|---|---|---|---|---|---|"]
+            out += [
+                "| contender | wall s (median) | MB/s | CPU s | peak RSS MiB | more |",
+                "|---|---|---|---|---|---|",
+            ]
             for c in s["contenders"].values():
-                extra = {k: v for k, v in c.items() if k not in
-                         ("name", "wall_s", "walls_s", "cpu_s", "maxrss_mib")}
+                extra = {
+                    k: v
+                    for k, v in c.items()
+                    if k not in ("name", "wall_s", "walls_s", "cpu_s", "maxrss_mib")
+                }
                 mbs = f"{s['data_bytes'] / c['wall_s'] / 1e6:,.1f}" if s["data_bytes"] else ""
                 out.append(
                     f"| {_cell(c['name'])} | {_fmt(c['wall_s'])} ({_fmt(c['walls_s'])}) | {mbs} | "
@@ -162,8 +234,9 @@ def render(report: dict[str, Any]) -> str:
                 out.append(f"| {_cell(r['label'])} | {r['ratio']} |")
             out.append("")
         if s["metrics"]:
-            out.append("Figures: " + "; ".join(f"{k}: {_fmt(v)}" for k, v in s["metrics"].items())
-                       + ".")
+            out.append(
+                "Figures: " + "; ".join(f"{k}: {_fmt(v)}" for k, v in s["metrics"].items()) + "."
+            )
         for note in s["notes"]:
             out.append(f"\n{note}")
         for sk in s["skipped"]:

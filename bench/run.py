@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import json
 import os
 import shlex
 import sys
@@ -53,8 +52,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--idle-files", type=int, help="files in the watched folder at start-up")
     p.add_argument("--only", help="comma-separated scenarios: " + ",".join(SCENARIOS))
     p.add_argument("--workdir", type=Path, default=Path("/var/tmp/coldvault-bench"))
-    p.add_argument("--out", type=Path, help="markdown report (default docs/performance.md; "
-                   "'-' for none)")
+    p.add_argument(
+        "--out", type=Path, help="markdown report (default docs/performance.md; '-' for none)"
+    )
     p.add_argument("--json", type=Path, help="JSON results (default WORKDIR/results.json)")
     a = p.parse_args(argv)
 
@@ -81,6 +81,7 @@ def main(argv: list[str] | None = None) -> int:
         idle_seconds=a.idle_seconds if a.idle_seconds is not None else idle_s,
         idle_files=a.idle_files if a.idle_files is not None else idle_files,
         log=log,
+        fast=preset == "tiny",
     )
     wanted = a.only.split(",") if a.only else SCENARIOS
     results: list[ScenarioResult] = []

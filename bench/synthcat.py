@@ -25,7 +25,9 @@ def target_files(corpus: Path) -> list[Path]:
     return [*scans, *exports, large]
 
 
-def build(state: Path, template: Path, corpus: Path, docs: int, list_path: Path) -> dict[str, object]:
+def build(
+    state: Path, template: Path, corpus: Path, docs: int, list_path: Path
+) -> dict[str, object]:
     """Create (or reuse) the vault at ``state`` with ``docs`` catalogued documents."""
     info_path = state / "bench-catalog.json"
     if info_path.exists():
@@ -60,8 +62,12 @@ def build(state: Path, template: Path, corpus: Path, docs: int, list_path: Path)
         "INSERT INTO items (path, kind, size, sha256, in_spool, created) "
         "VALUES (?, 'object', ?, ?, 0, ?)",
         (
-            (f"objects/{i % 256:02x}/{i:032x}.age", 100_000 + i % 997, f"{i:064x}",
-             "2015-06-01T10:00:00+00:00")
+            (
+                f"objects/{i % 256:02x}/{i:032x}.age",
+                100_000 + i % 997,
+                f"{i:064x}",
+                "2015-06-01T10:00:00+00:00",
+            )
             for i in range(synthetic)
         ),
     )

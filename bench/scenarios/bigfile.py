@@ -2,8 +2,16 @@
 
 from __future__ import annotations
 
-from bench.common import ScenarioResult, driver, driver_env, measure, paired_runs, rmtree, tool
-from bench.common import warm
+from bench.common import (
+    ScenarioResult,
+    driver,
+    driver_env,
+    measure,
+    paired_runs,
+    rmtree,
+    tool,
+    warm,
+)
 from bench.scenarios import Context, file_list
 
 
@@ -34,13 +42,20 @@ def run(ctx: Context) -> ScenarioResult:
 
     contenders = [
         ("coldvault", lambda: measure(driver("ingest", str(state), str(lst)), env=driver_env())),
-        (f"zstd -3 -T{n}|age", lambda: measure(
-            f"zstd -3 -T{n} -q -c {big} | age -r {rcpt} > {out}/big.zst.age")),
-        ("zstd -3|age", lambda: measure(f"zstd -3 -q -c {big} | age -r {rcpt} > {out}/big.zst.age")),
+        (
+            f"zstd -3 -T{n}|age",
+            lambda: measure(f"zstd -3 -T{n} -q -c {big} | age -r {rcpt} > {out}/big.zst.age"),
+        ),
+        (
+            "zstd -3|age",
+            lambda: measure(f"zstd -3 -q -c {big} | age -r {rcpt} > {out}/big.zst.age"),
+        ),
     ]
     paired_runs(ctx.runs, contenders, res, prepare, ctx.log)
     rmtree(scratch)
-    res.ratio(f"coldvault (zstd threads on) vs zstd -3 -T{n}|age", "coldvault", f"zstd -3 -T{n}|age")
+    res.ratio(
+        f"coldvault (zstd threads on) vs zstd -3 -T{n}|age", "coldvault", f"zstd -3 -T{n}|age"
+    )
     res.ratio("coldvault vs single-thread zstd -3|age", "coldvault", "zstd -3|age")
     c = res.contenders.get("coldvault")
     if c and c.runs:

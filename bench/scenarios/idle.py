@@ -82,12 +82,13 @@ class _Daemon:
         self._log.close()
 
 
-def _wait_quiet(d: _Daemon, limit: float, quiet: float = 0.01) -> tuple[float, float]:
-    """Wait until the daemon uses less than ``quiet`` CPU-seconds in a second; returns
+def _wait_quiet(d: _Daemon, limit: float, tick: float = 1.0) -> tuple[float, float]:
+    """Wait until the daemon uses less than 1 % of a CPU over a ``tick``; returns
     (seconds since launch, CPU seconds used so far)."""
     pid = d.proc.pid
+    quiet = 0.01 * tick
     last = _cpu(pid)
-    time.sleep(1.0)
+    time.sleep(tick)
     while time.monotonic() - d.t0 < limit:
         if not d.alive():
             raise RuntimeError("the daemon exited during start-up")
@@ -95,7 +96,7 @@ def _wait_quiet(d: _Daemon, limit: float, quiet: float = 0.01) -> tuple[float, f
         if now - last < quiet:
             break
         last = now
-        time.sleep(1.0)
+        time.sleep(tick)
     return time.monotonic() - d.t0, _cpu(pid)
 
 
@@ -120,8 +121,12 @@ def _window(d: _Daemon, seconds: float) -> dict[str, float]:
 
 def run(ctx: Context) -> ScenarioResult:
     res = ScenarioResult("idle", f"Idle daemon over {ctx.idle_seconds:g} s")
-    probe = subprocess.run([PYTHON, "-c", "import coldvault.daemon"], env=os.environ |
-                           driver_env(), capture_output=True, text=True)
+    probe = subprocess.run(
+        [PYTHON, "-c", "import coldvault.daemon"],
+        env=os.environ | driver_env(),
+        capture_output=True,
+        text=True,
+    )
     if probe.returncode != 0:
         raise Skip("coldvault.daemon cannot be imported: " + probe.stderr.strip()[-200:])
     scratch = ctx.scratch("idle")
@@ -132,10 +137,11 @@ def run(ctx: Context) -> ScenarioResult:
     _config(cfg, state, src)
     log = scratch / "daemon.log"
     limit = max(30.0, ctx.idle_files / 50)
+    tick = 0.25 if getattr(ctx, "fast", False) else 1.0
 
     d = _Daemon(cfg, log)
     try:
-        wall, cpu = _wait_quiet(d, limit)
+        wall, cpu = _wait_quiet(d, limit, tick)
         res.metrics["empty_startup_s"] = round(wall, 2)
         res.metrics["empty_startup_cpu_s"] = round(cpu, 2)
         res.metrics["empty"] = _window(d, ctx.idle_seconds)
@@ -152,14 +158,14 @@ def run(ctx: Context) -> ScenarioResult:
         while _documents(state) < ctx.idle_files and time.monotonic() - t0 < limit * 4:
             if not d.alive():
                 raise RuntimeError("the daemon exited while archiving: " + log.read_text()[-500:])
-            time.sleep(0.5)
+            time.sleep(tick / 2)
         res.metrics["archive_files_s"] = round(time.monotonic() - d.t0, 1)
         res.metrics["archived"] = _documents(state)
     finally:
         d.stop()
     d = _Daemon(cfg, log)
     try:
-        wall, cpu = _wait_quiet(d, limit)
+        wall, cpu = _wait_quiet(d, limit, tick)
         res.metrics["with_files_startup_s"] = round(wall, 2)
         res.metrics["with_files_startup_cpu_s"] = round(cpu, 2)
         res.metrics["with_files"] = _window(d, ctx.idle_seconds)

@@ -8,8 +8,17 @@ import sqlite3
 import time
 
 from bench import synthcat
-from bench.common import Measure, ScenarioResult, driver, driver_env, measure, paired_runs
-from bench.common import rmtree, tool, warm
+from bench.common import (
+    Measure,
+    ScenarioResult,
+    driver,
+    driver_env,
+    measure,
+    paired_runs,
+    rmtree,
+    tool,
+    warm,
+)
 from bench.scenarios import Context
 
 
@@ -21,7 +30,10 @@ def run(ctx: Context) -> ScenarioResult:
     ctx.log(f"  catalog of {ctx.catalog_docs:,} documents in {state}")
     t = time.perf_counter()
     info = synthcat.build(
-        state, ctx.vault_template(classic=True), ctx.corpus, ctx.catalog_docs,
+        state,
+        ctx.vault_template(classic=True),
+        ctx.corpus,
+        ctx.catalog_docs,
         ctx.workdir / "lists" / "restore-target.txt",
     )
     res.metrics["catalog_build_s"] = round(time.perf_counter() - t, 1)
@@ -29,10 +41,9 @@ def run(ctx: Context) -> ScenarioResult:
     res.data_bytes = int(info["target_bytes"])  # type: ignore[call-overload]
     res.data_files = int(info["target_documents"])  # type: ignore[call-overload]
     # The anchor needs the patient's key in clear (as docs/recovery.md does it by hand).
+    from bench.driver import PASSPHRASE
     from coldvault import keys
     from coldvault.vault import Vault
-
-    from bench.driver import PASSPHRASE
 
     vault = Vault(state)
     conn = sqlite3.connect(state / "catalog.sqlite")
@@ -40,8 +51,12 @@ def run(ctx: Context) -> ScenarioResult:
         "SELECT key_id, id FROM patients WHERE lookup = ?",
         (vault.lookup("patient", synthcat.TARGET),),
     ).fetchone()
-    paths = [r[0] for r in conn.execute(
-        "SELECT object_path FROM documents WHERE patient = ? ORDER BY archived_at, id", (pid,))]
+    paths = [
+        r[0]
+        for r in conn.execute(
+            "SELECT object_path FROM documents WHERE patient = ? ORDER BY archived_at, id", (pid,)
+        )
+    ]
     conn.close()
     master = vault.unlock(PASSPHRASE)
     key = keys.open_patient_key((state / "spool" / "keys" / f"{key_id}.age").read_bytes(), [master])
@@ -51,13 +66,15 @@ def run(ctx: Context) -> ScenarioResult:
     out = scratch / "out"
     objs = [state / "spool" / p for p in paths]
     script = scratch / "anchor.sh"
-    script.write_text("".join(
-        f"age -d -i {keyfile} {o} | zstd -d -q | tar -x -C {out}\n" for o in objs))
+    script.write_text(
+        "".join(f"age -d -i {keyfile} {o} | zstd -d -q | tar -x -C {out}\n" for o in objs)
+    )
 
     def cv() -> Measure:
         t0 = time.monotonic()
-        m = measure(driver("restore", str(state), synthcat.TARGET, str(out)), env=driver_env(),
-                    capture=True)
+        m = measure(
+            driver("restore", str(state), synthcat.TARGET, str(out)), env=driver_env(), capture=True
+        )
         inner = json.loads(m.stdout.strip().splitlines()[-1])
         marks = inner["marks_monotonic"]
         c = res.contender("coldvault")
@@ -78,10 +95,14 @@ def run(ctx: Context) -> ScenarioResult:
     ]
     paired_runs(ctx.runs, contenders, res, prepare, ctx.log)
     rmtree(scratch)
-    res.ratio("restore of the patient vs age -d|zstd -d|tar -x per object", "coldvault",
-              "age -d|zstd -d|tar -x")
+    res.ratio(
+        "restore of the patient vs age -d|zstd -d|tar -x per object",
+        "coldvault",
+        "age -d|zstd -d|tar -x",
+    )
     c = res.contender("coldvault")
     if c.runs:
+
         def med(key: str) -> float:
             v = sorted(c.extra[key])
             return float(v[len(v) // 2])

@@ -4,8 +4,17 @@ from __future__ import annotations
 
 import json
 
-from bench.common import Measure, ScenarioResult, driver, driver_env, measure, paired_runs
-from bench.common import rmtree, tree_size, warm
+from bench.common import (
+    Measure,
+    ScenarioResult,
+    driver,
+    driver_env,
+    measure,
+    paired_runs,
+    rmtree,
+    tree_size,
+    warm,
+)
 from bench.corpus import files_of
 from bench.scenarios import Context, file_list, per_file_script
 
@@ -25,14 +34,17 @@ def run(ctx: Context) -> ScenarioResult:
     env = driver_env()
 
     def cv(name: str, listing: str, workers: int, count: int) -> Measure:
-        m = measure(driver("ingest", str(state), listing, "--workers", str(workers)), env=env,
-                    capture=True)
+        m = measure(
+            driver("ingest", str(state), listing, "--workers", str(workers)), env=env, capture=True
+        )
         inner = json.loads(m.stdout.strip().splitlines()[-1])
         c = res.contender(name)
         c.extra.setdefault("in_process_ms_per_doc", []).append(
-            round(inner["ingest_s"] / count * 1000, 3))
+            round(inner["ingest_s"] / count * 1000, 3)
+        )
         c.extra.setdefault("before_sync_ms_per_doc", []).append(
-            round((inner["ingest_s"] - inner["sync_s"]) / count * 1000, 3))
+            round((inner["ingest_s"] - inner["sync_s"]) / count * 1000, 3)
+        )
         return m
 
     def prepare(name: str) -> None:
@@ -48,8 +60,10 @@ def run(ctx: Context) -> ScenarioResult:
         (f"coldvault-{n}w", lambda: cv(f"coldvault-{n}w", str(lst), n, len(small))),
         ("per-file zstd -3|age", lambda: measure(per_file_script(lst, out, rcpt))),
         ("coldvault-1w 4KiB", lambda: cv("coldvault-1w 4KiB", str(tiny_lst), 1, len(tiny))),
-        ("coldvault-1w-classic 4KiB",
-         lambda: cv("coldvault-1w-classic 4KiB", str(tiny_lst), 1, len(tiny))),
+        (
+            "coldvault-1w-classic 4KiB",
+            lambda: cv("coldvault-1w-classic 4KiB", str(tiny_lst), 1, len(tiny)),
+        ),
         ("per-file zstd -3|age 4KiB", lambda: measure(per_file_script(tiny_lst, out, rcpt))),
     ]
     if n == 1:
@@ -61,16 +75,17 @@ def run(ctx: Context) -> ScenarioResult:
         c.extra["docs_per_s"] = round(count / c.wall, 1)
         c.extra["ms_per_doc"] = round(c.wall / count * 1000, 3)
     res.ratio("1 worker vs per-file zstd -3|age (100 KB)", "coldvault-1w", "per-file zstd -3|age")
-    res.ratio("1 worker vs per-file zstd -3|age (4 KiB)", "coldvault-1w 4KiB",
-              "per-file zstd -3|age 4KiB")
+    res.ratio(
+        "1 worker vs per-file zstd -3|age (4 KiB)", "coldvault-1w 4KiB", "per-file zstd -3|age 4KiB"
+    )
     res.ratio(f"{n} workers vs 1 worker (100 KB)", f"coldvault-{n}w", "coldvault-1w")
     for key in ("coldvault-1w", "coldvault-1w-classic", f"coldvault-{n}w"):
         if key in res.contenders and res.contenders[key].runs:
             res.metrics[f"{key} docs/s"] = res.contenders[key].extra["docs_per_s"]
     for key in ("coldvault-1w 4KiB", "coldvault-1w-classic 4KiB"):
-        c = res.contenders.get(key)
-        if c and c.runs:
-            vals = sorted(c.extra["before_sync_ms_per_doc"])
+        got = res.contenders.get(key)
+        if got and got.runs:
+            vals = sorted(got.extra["before_sync_ms_per_doc"])
             res.metrics[f"{key} ms/doc before sync"] = vals[len(vals) // 2]
     res.notes.append(
         "Each run starts from an empty vault, so the first document of each patient also "

@@ -6,8 +6,20 @@ from __future__ import annotations
 import shutil
 import subprocess
 
-from bench.common import PYTHON, ScenarioResult, Skip, driver, driver_env, is_root, measure
-from bench.common import paired_runs, rmtree, tool, tree_size, warm
+from bench.common import (
+    PYTHON,
+    ScenarioResult,
+    Skip,
+    driver,
+    driver_env,
+    is_root,
+    measure,
+    paired_runs,
+    rmtree,
+    tool,
+    tree_size,
+    warm,
+)
 from bench.corpus import files_of
 from bench.scenarios import Context, file_list
 
@@ -54,8 +66,8 @@ def run(ctx: Context) -> ScenarioResult:
     def prepare(name: str) -> None:
         _umount(mnt)
         img.unlink(missing_ok=True)
-        with open(img, "wb") as f:
-            f.truncate(img_size)
+        with open(img, "wb") as fh:
+            fh.truncate(img_size)
         subprocess.run(
             ["mkfs.ext4", "-q", "-F", "-E", "lazy_itable_init=0,lazy_journal_init=0", str(img)],
             check=True,
@@ -74,9 +86,13 @@ def run(ctx: Context) -> ScenarioResult:
     contenders = [
         ("coldvault", lambda: measure(driver("sync", str(tpl), str(mnt)), env=driver_env())),
         ("cp + sync", lambda: measure(f"cp -r {spool_objects} {mnt}/objects && sync -f {mnt}")),
-        ("cp + sync + read back", lambda: measure(
-            f"cp -r {spool_objects} {mnt}/objects && sync -f {mnt} && "
-            f"{PYTHON} -c '{READ_BACK}' {mnt}/objects")),
+        (
+            "cp + sync + read back",
+            lambda: measure(
+                f"cp -r {spool_objects} {mnt}/objects && sync -f {mnt} && "
+                f"{PYTHON} -c '{READ_BACK}' {mnt}/objects"
+            ),
+        ),
     ]
     try:
         paired_runs(ctx.runs, contenders, res, prepare, ctx.log)

@@ -276,6 +276,12 @@ class Ingestor:
 def clean_spool(vault: Vault, catalog: Catalog) -> int:
     """Remove spool files the catalog does not know (left by a crash before recording)."""
     removed = 0
+    keys_dir = vault.spool / "keys"
+    if keys_dir.is_dir():
+        for f in keys_dir.iterdir():
+            if f.name.startswith(".tmp-") or catalog.item(f"keys/{f.name}") is None:
+                f.unlink(missing_ok=True)
+                removed += 1
     objects_dir = vault.spool / "objects"
     if not objects_dir.is_dir():
         return 0

@@ -134,14 +134,16 @@ def execute(
                 if item is not None:
                     hashes.append(item[2])
                 catalog.conn.execute(
-                    "UPDATE documents SET purged = ? WHERE doc_id = ?", (now_iso(), d.doc_id)
+                    "UPDATE documents SET purged = ?, sealed_name = NULL, source_key = NULL, "
+                    "fingerprint = NULL WHERE doc_id = ?",
+                    (now_iso(), d.doc_id),
                 )
                 paths.append(obj)
             n_docs += len(docs)
             if decision.destroy_key:
                 catalog.conn.execute(
-                    "UPDATE patients SET purged = ?, sealed_facts = NULL, "
-                    "lookup = lookup || ':purged' WHERE id = ?",
+                    "UPDATE patients SET purged = ?, sealed_facts = NULL, sealed_id = X'', "
+                    "lookup = 'purged:' || key_id WHERE id = ?",
                     (now_iso(), row.id),
                 )
                 catalog.conn.execute("DELETE FROM holds WHERE patient = ?", (row.id,))

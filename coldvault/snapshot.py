@@ -30,7 +30,7 @@ PREFIX = "snapshot-"
 
 def snapshot_name(when: datetime | None = None) -> str:
     when = when or datetime.now(UTC)
-    return f"{PREFIX}{when.strftime('%Y%m%dT%H%M%S%fZ')}.age"
+    return f"{PREFIX}{when.strftime('%Y%m%dt%H%M%S%fz')}.age"
 
 
 def write_snapshot(vault: Vault, conn: sqlite3.Connection, dst: BinaryIO) -> None:
@@ -43,9 +43,13 @@ def write_snapshot(vault: Vault, conn: sqlite3.Connection, dst: BinaryIO) -> Non
         finally:
             target.close()
         enc = age.encrypt_writer([vault.master_recipient()], dst)
-        with enc, zstandard.ZstdCompressor(level=3).stream_writer(
-            cast(BinaryIO, enc), closefd=False
-        ) as z, tarfile.open(fileobj=z, mode="w|", format=tarfile.PAX_FORMAT) as tar:
+        with (
+            enc,
+            zstandard.ZstdCompressor(level=3).stream_writer(
+                cast(BinaryIO, enc), closefd=False
+            ) as z,
+            tarfile.open(fileobj=z, mode="w|", format=tarfile.PAX_FORMAT) as tar,
+        ):
             for name in MEMBERS:
                 path = copy if name == "catalog.sqlite" else vault.state_dir / name
                 info = tar.gettarinfo(str(path), arcname=name)

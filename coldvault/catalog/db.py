@@ -354,7 +354,8 @@ class Catalog:
             self.conn.execute(
                 "SELECT i.path, i.kind, i.size, i.sha256 FROM items i WHERE i.in_spool = 1 "
                 "AND NOT EXISTS (SELECT 1 FROM copies c WHERE c.path = i.path "
-                "AND c.drive_id = ? AND c.sha256 = i.sha256) ORDER BY i.kind DESC, i.path",
+                "AND c.drive_id = ? AND c.sha256 = i.sha256) "
+                "ORDER BY CASE i.kind WHEN 'key' THEN 0 ELSE 1 END, i.path",
                 (drive_id,),
             )
         )

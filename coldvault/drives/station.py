@@ -330,6 +330,11 @@ class Station:
     ) -> None:
         key = SigningKey.load(self.vault.signing_key_path)
         now = datetime.now(UTC)
+        from coldvault.journal import Journal
+
+        journal_dir = self.vault.journal_dir
+        head = Journal(journal_dir).head() if journal_dir.is_dir() else None
+        journal_head = (head.seq, head.hash) if head is not None else None
         # Later entries for a path replace earlier ones; a re-added path is not removed.
         entries = {e.path: e for e in added}
         gone = sorted(set(removed) - set(entries))
@@ -341,6 +346,7 @@ class Station:
                 created=now,
                 full=True,
                 entries=tuple(entries.values()),
+                journal_head=journal_head,
             )
         else:
             gone = [p for p in gone if p in vouched]
@@ -352,6 +358,7 @@ class Station:
                 prev=vouched.head.digest,
                 entries=tuple(entries.values()),
                 removed=tuple(gone),
+                journal_head=journal_head,
             )
         data = mf.sign_manifest(m, key)
         folder = top / layout.MANIFESTS_DIR

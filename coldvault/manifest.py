@@ -69,7 +69,8 @@ LF. Lines, in this exact order::
 * ``+`` lines are sorted by path in ASCII order with no duplicate; so are ``-`` lines; a path is
   never both added and removed by the same manifest.
 * ``<size>`` and ``<sha256>`` are the byte length and SHA-256 of the file's ciphertext as stored on
-  the drive (for an object split into parts, each part is its own entry).
+  the drive (an object split into parts has one entry, for its logical path, with the size
+  and SHA-256 of the joined parts).
 * ``signature``: standard base64 with padding (88 characters) of the pure Ed25519 signature
   (RFC 8032) by the ``signer`` key over every byte of the file from the first byte up to and
   including the LF that ends the ``end`` line.

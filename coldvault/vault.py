@@ -23,7 +23,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from coldvault import age, keys
-from coldvault.errors import VaultError
+from coldvault.errors import ColdvaultError, VaultError
 from coldvault.fsutil import private_dir, write_atomic
 
 VAULT_FORMAT = 1
@@ -120,8 +120,8 @@ class Vault:
             if path.exists():
                 try:
                     identities.append(keys.unseal_master(path.read_bytes(), passphrase))
-                except (OSError, VaultError):
-                    continue
+                except (OSError, ColdvaultError):
+                    continue  # sealed with an older passphrase: not needed to open the keys
         return identities
 
     def change_passphrase(self, old: bytes, new: bytes) -> None:

@@ -65,6 +65,7 @@ class Daemon:
         self._notify = notify
         self._unmount = unmount
         self._local = threading.local()
+        self._done: dict[str, float] = {}
         self.ingested = 0
 
     # --- control -------------------------------------------------------------------------
@@ -225,6 +226,12 @@ class Daemon:
     def _on_drive(self, catalog: Catalog, station: Station, ev: DriveEvent) -> None:
         if ev.action == "remove":
             log.info("a drive was removed (%s)", ev.devnode)
+            self._done.pop(ev.fs_uuid or ev.devnode, None)
+            return
+        # A drive we just synced and ejected raises "change" events (unmount, power-off): they
+        # must not start another sync. Only a new "add" (plugged in again) does.
+        key = ev.fs_uuid or ev.devnode
+        if ev.action == "change" and key in self._done:
             return
         row = catalog.drive(fs_uuid=ev.fs_uuid) if ev.fs_uuid else None
         root: Path | None = Path(ev.mountpoint) if ev.mountpoint else None
@@ -269,6 +276,7 @@ class Daemon:
             self._tell(f"coldvault: drive {row.name}", msg)
             return
         ejected = self._eject(row.fs_uuid, root, mounted_by_us) if self._unmount else False
+        self._done[key] = time.monotonic()
         text = f"{report.copied} file(s) copied and verified." + (
             " You can remove the drive." if ejected or not row.fs_uuid else ""
         )

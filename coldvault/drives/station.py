@@ -15,6 +15,7 @@ A sync, in order (each step safe to interrupt; the next plug resumes):
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import logging
 import os
@@ -160,6 +161,20 @@ class Station:
 
     # --- sync ----------------------------------------------------------------------------
     def sync(self, root: Path) -> SyncReport:
+        """Sync one drive; only one sync runs at a time (the daemon and a command may both try)."""
+        lock_path = self.vault.state_dir / ".sync.lock"
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                log.info("another sync is running: waiting for it")
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            return self._sync_locked(root)
+        finally:
+            os.close(fd)
+
+    def _sync_locked(self, root: Path) -> SyncReport:
         row = self.identify(root)
         report = SyncReport(row.name)
         top = layout.vault_dir(root)

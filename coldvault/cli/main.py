@@ -66,7 +66,13 @@ _register()
 
 
 def report(exc: ColdvaultError) -> int:
-    click.echo(f"coldvault: error: {exc.message}", err=True)
+    from coldvault.config import ConfigFileError
+
+    message = exc.message
+    if isinstance(exc, ConfigFileError) and len(exc.problems) == 1:
+        # One problem: one line naming the file and the key (several: listed below the line).
+        message = f"{exc.path}: {exc.problems[0]}"
+    click.echo(f"coldvault: error: {message}", err=True)
     if exc.hint:
         click.echo(f"hint: {exc.hint}", err=True)
     return exc.exit_code

@@ -287,22 +287,10 @@ class Daemon:
     def _eject(self, fs_uuid: str | None, root: Path, mounted_by_us: bool) -> bool:
         if not fs_uuid:
             return False
-        try:
-            from coldvault.drives.udisks import UdisksClient
+        from coldvault.drives.station import eject
 
-            client = UdisksClient()
-            try:
-                client.unmount(fs_uuid)
-                client.power_off(fs_uuid)
-            finally:
-                client.close()
-            return True
-        except ColdvaultError as exc:
-            log.debug("udisks eject failed: %s", exc.message)
         try:
-            from coldvault.drives.mounts import umount
-
-            umount(root)
+            eject(fs_uuid, root)
             return True
         except ColdvaultError as exc:
             log.warning("the drive could not be unmounted: %s", exc.message)

@@ -9,6 +9,7 @@ from typing import Any
 
 import click
 
+from coldvault.catalog.db import DriveRow
 from coldvault.cli.archive_cmd import human_size
 from coldvault.cli.common import AppContext, echo, pass_app
 from coldvault.errors import NotAvailable, UsageError
@@ -110,7 +111,7 @@ def list_cmd(app: AppContext, as_json: bool) -> int:
     return 0
 
 
-def _select(app: AppContext, name: str | None) -> list[tuple[object, Path]]:
+def _select(app: AppContext, name: str | None) -> list[tuple[DriveRow, Path]]:
     from coldvault.drives.station import find_root
 
     with app.catalog() as catalog:
@@ -128,7 +129,7 @@ def _select(app: AppContext, name: str | None) -> list[tuple[object, Path]]:
                     raise
     if not found:
         raise NotAvailable("no enrolled drive is plugged in", hint="plug a drive in")
-    return found  # type: ignore[return-value]
+    return found
 
 
 @drive.command()
@@ -170,8 +171,8 @@ def sync(app: AppContext, name: str | None) -> int:
         if report.failed:
             status = 1
             continue
-        journal.append("drive-done", drive=getattr(row, "drive_id", ""), copied=report.copied)
-        if getattr(row, "is_directory", True):
+        journal.append("drive-done", drive=row.drive_id, copied=report.copied)
+        if row.is_directory:
             echo(f"Drive {dname!r} is up to date: you can remove the drive.")
         else:
             echo(
@@ -190,31 +191,16 @@ def _progress(what: str, done: int, total: int) -> None:
 @pass_app
 def eject(app: AppContext, name: str | None) -> int:
     """Unmount (and power off) a drive so that it can be removed safely."""
-    from coldvault.drives.mounts import umount
-    from coldvault.errors import ColdvaultError
+    from coldvault.drives.station import eject as eject_drive
 
     for row, root in _select(app, name):
-        rname = getattr(row, "name", "")
-        fs_uuid = getattr(row, "fs_uuid", None)
-        if getattr(row, "is_directory", True) or not fs_uuid:
+        rname = row.name
+        fs_uuid = row.fs_uuid
+        if row.is_directory or not fs_uuid:
             echo(f"Drive {rname!r} is a folder: nothing to eject.")
             continue
-        done = False
-        try:
-            from coldvault.drives.udisks import UdisksClient
-
-            client = UdisksClient()
-            try:
-                client.unmount(fs_uuid)
-                client.power_off(fs_uuid)
-                done = True
-            finally:
-                client.close()
-        except ColdvaultError:
-            pass
-        if not done:
-            umount(root)
-        _journal(app, "drive-eject", drive=getattr(row, "drive_id", ""))
+        eject_drive(fs_uuid, root)
+        _journal(app, "drive-eject", drive=row.drive_id)
         echo(f"Drive {rname!r}: you can remove the drive now.")
     return 0
 

@@ -30,7 +30,7 @@ from pathlib import Path
 from coldvault import manifest as mf
 from coldvault.catalog.db import Catalog, DriveRow
 from coldvault.drives import fsio, layout
-from coldvault.errors import DriveError, NotAvailable, UsageError, VaultError
+from coldvault.errors import ColdvaultError, DriveError, NotAvailable, UsageError, VaultError
 from coldvault.signing import SigningKey, VerifyKey
 from coldvault.snapshot import snapshot_name, write_snapshot
 from coldvault.vault import Vault
@@ -441,6 +441,28 @@ def _remove_original(root: Path, relpath: str, fingerprint: str) -> bool:
     with contextlib.suppress(OSError):
         fsio.fsync_dir(hidden.parent)
     return True
+
+
+def eject(fs_uuid: str, root: Path) -> None:
+    """Unmount (and power off where udisks2 allows) so the drive can be removed safely.
+
+    Through udisks2 when it runs (no root needed, with the polkit rule), else ``umount``.
+    Raises a DriveError when neither works.
+    """
+    from coldvault.drives.mounts import umount
+    from coldvault.drives.udisks import UdisksClient
+
+    try:
+        client = UdisksClient()
+        try:
+            client.unmount(fs_uuid)
+            client.power_off(fs_uuid)
+        finally:
+            client.close()
+        return
+    except ColdvaultError as exc:
+        log.debug("udisks eject failed: %s", exc.message)
+    umount(root)
 
 
 def sha256_file(path: Path) -> tuple[int, str]:

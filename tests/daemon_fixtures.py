@@ -44,6 +44,47 @@ def coldvault_argv() -> list[str]:
     return [sys.executable, "-c", "from coldvault.cli.main import entry; entry()"]
 
 
+CRASH_ENV = "COLDVAULT_TEST_CRASH_AT"
+
+#: Installed through PYTHONPATH in a CLI subprocess: ``COLDVAULT_TEST_CRASH_AT=module:Qual.name:
+#: when:n`` wraps that function so that its n-th call SIGKILLs the process, ``before`` the call
+#: or ``after`` it returned: a real ``kill -9`` at a precise point of the code.
+CRASH_SITECUSTOMIZE = """\
+import functools, importlib, os, signal
+
+_spec = os.environ.get("COLDVAULT_TEST_CRASH_AT")
+if _spec:
+    _module, _qual, _when, _nth = _spec.split(":")
+    _owner = importlib.import_module(_module)
+    _parts = _qual.split(".")
+    for _p in _parts[:-1]:
+        _owner = getattr(_owner, _p)
+    _orig = getattr(_owner, _parts[-1])
+    _calls = [0]
+
+    @functools.wraps(_orig)
+    def _crashing(*args, **kwargs):
+        _calls[0] += 1
+        hit = _calls[0] == int(_nth)
+        if hit and _when == "before":
+            os.kill(os.getpid(), signal.SIGKILL)
+        result = _orig(*args, **kwargs)
+        if hit and _when == "after":
+            os.kill(os.getpid(), signal.SIGKILL)
+        return result
+
+    setattr(_owner, _parts[-1], _crashing)
+"""
+
+
+def crash_env(folder: Path, spec: str) -> dict[str, str]:
+    """The environment of a subprocess that kills itself (SIGKILL) at ``spec``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "sitecustomize.py").write_text(CRASH_SITECUSTOMIZE)
+    path = os.pathsep.join([str(folder), *filter(None, [os.environ.get("PYTHONPATH")])])
+    return subprocess_env(PYTHONPATH=path, **{CRASH_ENV: spec})
+
+
 def subprocess_env(**extra: str) -> dict[str, str]:
     drop = ("LD_PRELOAD", "UMOCKDEV_DIR", "NOTIFY_SOCKET", "COLDVAULT_CONFIG")
     env = {k: v for k, v in os.environ.items() if k not in drop}
@@ -134,13 +175,17 @@ class VaultEnv:
         return [*coldvault_argv(), "--config", str(self.config), *args]
 
     def cli(
-        self, *args: str, check: bool = True, timeout: float = 120.0
+        self,
+        *args: str,
+        check: bool = True,
+        timeout: float = 120.0,
+        env: dict[str, str] | None = None,
     ) -> subprocess.CompletedProcess[str]:
         res = subprocess.run(
             self.argv(*args),
             capture_output=True,
             text=True,
-            env=subprocess_env(),
+            env=env if env is not None else subprocess_env(),
             timeout=timeout,
             check=False,
         )

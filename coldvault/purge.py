@@ -2,8 +2,8 @@
 
 Execution order (each step durable before the next):
   1. the new master identity is sealed with the passphrase as ``identity.next.age``;
-  2. the catalog records the purge in one transaction: patients and documents marked purged,
-     their items forgotten, a deletion queued for every enrolled drive, the batch keys of sealed
+  2. the catalog records the purge in one transaction: patients marked purged, their documents
+     and items forgotten, a deletion queued for every enrolled drive, the batch keys of sealed
      fields re-sealed to the new master;
   3. the purged key files and objects are removed from the spool;
   4. every surviving patient key file is re-sealed to the new master (atomic per file) and its
@@ -133,11 +133,10 @@ def execute(
                 item = catalog.item(obj)
                 if item is not None:
                     hashes.append(item[2])
-                catalog.conn.execute(
-                    "UPDATE documents SET purged = ?, sealed_name = NULL, source_key = NULL, "
-                    "fingerprint = NULL WHERE doc_id = ?",
-                    (now_iso(), d.doc_id),
-                )
+                # The row goes (its item goes too, and documents reference items): the
+                # destruction record keeps the count and the object hashes.
+                catalog.conn.execute("DELETE FROM source_files WHERE doc_id = ?", (d.doc_id,))
+                catalog.conn.execute("DELETE FROM documents WHERE doc_id = ?", (d.doc_id,))
                 paths.append(obj)
             n_docs += len(docs)
             if decision.destroy_key:
@@ -160,11 +159,6 @@ def execute(
             )
         for path in paths:
             catalog.conn.execute("DELETE FROM items WHERE path = ?", (path,))
-            catalog.conn.execute(
-                "DELETE FROM source_files WHERE doc_id IN "
-                "(SELECT doc_id FROM documents WHERE object_path = ?)",
-                (path,),
-            )
             for dr in drives:
                 catalog.conn.execute(
                     "INSERT OR IGNORE INTO deletions (path, drive_id, purge_id) VALUES (?, ?, ?)",

@@ -103,13 +103,19 @@ class Cli:
             return [(d.doc_id, d.object_path) for d in cat.documents(row.id)]
 
 
-@pytest.fixture
-def cv(tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> Cli:
+def make_cli(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> Cli:
     monkeypatch.delenv("COLDVAULT_CONFIG", raising=False)
     monkeypatch.delenv("COLDVAULT_NEW_PASSPHRASE_FILE", raising=False)
     c = Cli(tmp_path, capsys)
     monkeypatch.setenv("COLDVAULT_PASSPHRASE_FILE", str(c.passphrase_file))
     return c
+
+
+@pytest.fixture
+def cv(tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> Cli:
+    return make_cli(tmp_path, capsys, monkeypatch)
 
 
 def assert_one_error(r: Result, code: int, *needles: str) -> str:

@@ -59,17 +59,29 @@ def restore(
     vault = app.vault()
     master = vault.unlock(get_passphrase(passphrase_file))
     with app.catalog(vault) as catalog:
-        ref, report = restore_patient(
-            vault,
-            catalog,
-            master,
-            patient_id,
-            dest.absolute(),
-            doc_id=doc_id,
-            since=s.isoformat() if s else None,
-            until=u.isoformat() if u else None,
-            progress=_progress,
-        )
+        try:
+            ref, report = restore_patient(
+                vault,
+                catalog,
+                master,
+                patient_id,
+                dest.absolute(),
+                doc_id=doc_id,
+                since=s.isoformat() if s else None,
+                until=u.isoformat() if u else None,
+                progress=_progress,
+            )
+        except NotAvailable as exc:
+            purges = catalog.conn.execute("SELECT COUNT(*) FROM purges").fetchone()[0]
+            if exc.hint or not purges or doc_id or since or until:
+                raise
+            # A purge unlinks the destroyed patients from their ids on purpose, so the vault
+            # cannot tell "never archived" from "destroyed": it says both plainly.
+            raise NotAvailable(
+                f"{exc.message}: never archived, or destroyed by a purge",
+                hint="a purge's destruction records list the destroyed files by pseudonymous "
+                f"reference only: {vault.records_dir}",
+            ) from None
     Journal(vault.journal_dir).append(
         "restore",
         patient_ref=ref,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import getpass
 import json
 import sys
+from collections.abc import Callable
 from datetime import date
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from coldvault.cli.common import (
     AppContext,
     echo,
     get_passphrase,
+    new_passphrase,
     pass_app,
     passphrase_file_option,
 )
@@ -118,6 +120,11 @@ def release(app: AppContext, patient_id: str) -> int:
 @click.option("--yes", is_flag=True, help="With --execute: skip the typed confirmation (scripts).")
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
 @click.option("--operator", help="Who runs the purge (default: the login name).")
+@click.option(
+    "--new-passphrase-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="With --execute: seal the new master key with the new passphrase in this file.",
+)
 @passphrase_file_option
 @pass_app
 def purge(
@@ -127,6 +134,7 @@ def purge(
     yes: bool,
     as_json: bool,
     operator: str | None,
+    new_passphrase_file: Path | None,
     passphrase_file: Path | None,
 ) -> int:
     """Show what the retention rules would destroy (dry run), or destroy it with --execute."""
@@ -145,6 +153,11 @@ def purge(
     vault = app.vault()
     passphrase = get_passphrase(passphrase_file)
     masters = vault.unlock_all(passphrase)
+    new_pass = new_passphrase(new_passphrase_file) if execute and new_passphrase_file else None
+
+    def say(message: str = "") -> None:  # with --json, stdout holds the plan alone
+        echo(message, err=as_json)
+
     with app.catalog(vault) as catalog:
         the_plan = make_plan(catalog, masters, settings, day)
         if as_json:
@@ -153,11 +166,11 @@ def purge(
             _print_plan(the_plan)
         if not execute:
             if the_plan.destroy or any(True for _ in the_plan.documents_to_destroy()):
-                echo("\nThis was a dry run. Run again with --execute to destroy.")
+                say("\nThis was a dry run. Run again with --execute to destroy.")
             return 0
         n_docs = sum(1 for _ in the_plan.documents_to_destroy())
         if not n_docs:
-            echo("Nothing to destroy.")
+            say("Nothing to destroy.")
             return 3
         if not yes:
             if not sys.stdin.isatty():
@@ -173,6 +186,17 @@ def purge(
             passphrase=passphrase,
             operator=operator or getpass.getuser(),
         )
+    if new_pass is not None:
+        # Only the new master gets the new passphrase; the previous one keeps the old
+        # passphrase until it is destroyed (every key file is re-sealed to the new master).
+        from coldvault import keys
+        from coldvault.fsutil import write_atomic
+
+        rotated = app.vault()
+        write_atomic(
+            rotated.identity_path,
+            keys.seal_master(rotated.unlock(passphrase), rotated.info.vault_id, new_pass),
+        )
     _journal(
         app,
         "purge",
@@ -183,16 +207,66 @@ def purge(
         profile=the_plan.profile,
     )
     _journal(app, "key-change", action="master rotated by purge")
-    echo(
+    if new_pass is not None:
+        _journal(app, "key-change", action="passphrase")
+    say(
         f"\nDestroyed {result.destroyed_documents} document(s) of "
         f"{result.destroyed_patients} patient(s)."
     )
-    echo(f"Destruction record: {result.html_path} (print and sign it) and {result.json_path}")
-    echo("\nNEW RECOVERY KEY (the old one no longer opens the vault's keys once every drive")
-    echo("has been plugged in; print this one, then destroy the old sheet):\n")
-    echo(f"    {result.new_recovery_key}\n")
-    echo("Plug in every drive so that the destruction reaches it ('coldvault status').")
+    say(f"Destruction record: {result.html_path} (print and sign it) and {result.json_path}")
+    say("\nNEW RECOVERY KEY (the old one no longer opens the vault's keys once every drive")
+    say("has been plugged in; print this one, then destroy the old sheet):\n")
+    say(f"    {result.new_recovery_key}\n")
+    pending = _sync_plugged_drives(app, say)
+    if pending:
+        say(
+            "Plug in every other drive so that the destruction reaches it: "
+            + ", ".join(pending)
+            + " ('coldvault status')."
+        )
+    else:
+        say("Every enrolled drive has received the destruction.")
     return 0
+
+
+def _sync_plugged_drives(app: AppContext, say: Callable[[str], None]) -> list[str]:
+    """Carry the destruction to the drives plugged in now; returns the other drives' names.
+
+    The daemon syncs a drive when it is plugged in: one already plugged in (or a folder drive)
+    would otherwise keep the destroyed objects until it is plugged in again.
+    """
+    from coldvault.drives.station import Station, find_root
+    from coldvault.errors import ColdvaultError, NotAvailable
+    from coldvault.journal import Journal
+
+    cfg = app.config()
+    vault = app.vault()
+    journal = Journal(vault.journal_dir)
+    pending: list[str] = []
+    with app.catalog(vault) as catalog:
+        for row in catalog.drives():
+            try:
+                root = find_root(catalog, row)
+                station = Station(
+                    vault,
+                    catalog,
+                    copies=cfg.vault.copies,
+                    source_paths={s.name: Path(s.path) for s in cfg.sources},
+                    delete_sources={s.name for s in cfg.sources if s.on_archived == "delete"},
+                    journal=journal.append,
+                )
+                report = station.sync(root)
+            except NotAvailable:
+                pending.append(row.name)
+                continue
+            except ColdvaultError as exc:
+                say(f"warning: drive {row.name!r}: {exc.message}")
+                pending.append(row.name)
+                continue
+            if report.stopped or catalog.pending_deletions(row.drive_id):
+                pending.append(row.name)
+            say(f"Drive {row.name!r}: {report.deleted} file(s) destroyed, {report.copied} copied.")
+    return pending
 
 
 def _print_plan(the_plan: object) -> None:

@@ -14,7 +14,7 @@ from datetime import date
 from pathlib import Path
 
 from coldvault import keys
-from coldvault.catalog.db import Catalog, now_iso
+from coldvault.catalog.db import Catalog
 from coldvault.errors import IntegrityError, NotAvailable, UsageError
 from coldvault.ingest import Ingestor, IngestRequest
 from coldvault.restore import Restorer, decrypt_to_folder
@@ -77,9 +77,18 @@ def assign_document(
         )
     ]
     with catalog.transaction():
+        # The new document inherits what ties it to its source file (so a kept original is
+        # not archived again, and a deleted one goes once the new object is on enough drives);
+        # the old row goes before its item, which it references.
         catalog.conn.execute(
-            "UPDATE documents SET purged = ? WHERE doc_id = ?", (now_iso(), doc.doc_id)
+            "UPDATE documents SET (source_key, fingerprint) = (SELECT source_key, fingerprint "
+            "FROM documents WHERE doc_id = ?) WHERE doc_id = ?",
+            (doc.doc_id, result.doc_id),
         )
+        catalog.conn.execute(
+            "UPDATE source_files SET doc_id = ? WHERE doc_id = ?", (result.doc_id, doc.doc_id)
+        )
+        catalog.conn.execute("DELETE FROM documents WHERE doc_id = ?", (doc.doc_id,))
         catalog.conn.execute("DELETE FROM items WHERE path = ?", (doc.object_path,))
         for drive_id in holders:
             catalog.conn.execute(

@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import json
+from typing import TYPE_CHECKING
 
 import click
 
 from coldvault.cli.common import AppContext, echo, pass_app
+
+if TYPE_CHECKING:
+    from coldvault.journal import JournalHead
+    from coldvault.vault import Vault
 
 
 @click.command()
@@ -20,9 +25,11 @@ def audit(app: AppContext, check: bool, as_json: bool, last: int) -> int:
     """Show the audit journal (ingest, sync, restore, purge, holds, key changes)."""
     from coldvault.journal import Journal
 
-    journal = Journal(app.vault().journal_dir)
+    vault = app.vault()
+    journal = Journal(vault.journal_dir)
     if check:
-        problems = journal.verify()
+        anchor, drive_name = _anchor(app, vault)
+        problems = journal.verify(anchor)
         for p in problems:
             echo(f"coldvault: error: journal: {p.message}", err=True)
         bad = [p for p in problems if p.tampering]
@@ -31,6 +38,10 @@ def audit(app: AppContext, check: bool, as_json: bool, last: int) -> int:
             return 1
         head = journal.head()
         echo(f"journal OK: {head.seq if head else 0} entries, chain intact")
+        if anchor is not None:
+            echo(f"entry {anchor.seq} matches the signed manifest of drive {drive_name!r}")
+        else:
+            echo("(plug in a drive to check that no newest entries were cut off)")
         return 0
     entries = list(journal.entries())
     if last:
@@ -47,3 +58,30 @@ def audit(app: AppContext, check: bool, as_json: bool, last: int) -> int:
 
 
 COMMANDS = [audit]
+
+
+def _anchor(app: AppContext, vault: Vault) -> tuple[JournalHead | None, str | None]:
+    """The newest journal head a plugged-in drive's signed manifest records, and the drive.
+
+    A hash chain alone does not show that its newest entries were cut off; the head each sync
+    signs into the drive's manifest does.
+    """
+    from coldvault.drives.station import Station, find_root
+    from coldvault.errors import ColdvaultError
+    from coldvault.journal import JournalHead
+
+    best: JournalHead | None = None
+    name: str | None = None
+    with app.catalog(vault) as catalog:
+        station = Station(vault, catalog)
+        for row in catalog.drives():
+            try:
+                vouched = station.vouched(find_root(catalog, row), row)
+            except ColdvaultError:
+                continue  # not plugged in, or its manifests fail: 'coldvault verify' says so
+            if vouched is None or vouched.journal_head is None:
+                continue
+            seq, digest = vouched.journal_head
+            if best is None or seq > best.seq:
+                best, name = JournalHead(seq, digest), row.name
+    return best, name

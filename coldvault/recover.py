@@ -306,6 +306,12 @@ def rebuild_state(
             os.chmod(state_dir / name, 0o600 if name != "vault.json" else 0o644)
         vault_id = contents.marker.vault_id
         write_atomic(state_dir / "identity.age", keys.seal_master(master, vault_id, passphrase))
+    # The audit journal goes on from the drive's copy (vouched for by the manifests).
+    for seg in sorted((layout.vault_dir(root) / layout.JOURNAL_DIR).glob("*.jsonl")):
+        rel = f"{layout.JOURNAL_DIR}/{seg.name}"
+        data = seg.read_bytes()
+        if contents.vouched.vouches(rel, len(data), hashlib.sha256(data).hexdigest()):
+            write_atomic(state_dir / "journal" / seg.name, data)
     vault = Vault(state_dir)
     if str(master.recipient()) != vault.info.master_recipient:
         raise AuthenticationError("the recovery key is not this vault's current master key")

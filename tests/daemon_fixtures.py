@@ -18,6 +18,7 @@ import io
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -47,14 +48,15 @@ def coldvault_argv() -> list[str]:
 CRASH_ENV = "COLDVAULT_TEST_CRASH_AT"
 
 #: Installed through PYTHONPATH in a CLI subprocess: ``COLDVAULT_TEST_CRASH_AT=module:Qual.name:
-#: when:n`` wraps that function so that its n-th call SIGKILLs the process, ``before`` the call
-#: or ``after`` it returned: a real ``kill -9`` at a precise point of the code.
+#: when:n[:text]`` wraps that function so that its n-th call (counting only calls whose arguments'
+#: repr contains ``text``) SIGKILLs the process, ``before`` the call or ``after`` it returned: a
+#: real ``kill -9`` at a precise point of the code.
 CRASH_SITECUSTOMIZE = """\
 import functools, importlib, os, signal
 
 _spec = os.environ.get("COLDVAULT_TEST_CRASH_AT")
 if _spec:
-    _module, _qual, _when, _nth = _spec.split(":")
+    _module, _qual, _when, _nth, *_match = _spec.split(":")
     _owner = importlib.import_module(_module)
     _parts = _qual.split(".")
     for _p in _parts[:-1]:
@@ -64,6 +66,8 @@ if _spec:
 
     @functools.wraps(_orig)
     def _crashing(*args, **kwargs):
+        if _match and _match[0] not in repr((args, kwargs)):
+            return _orig(*args, **kwargs)
         _calls[0] += 1
         hit = _calls[0] == int(_nth)
         if hit and _when == "before":
@@ -252,8 +256,11 @@ class VaultEnv:
     def document_count(self) -> int:
         if not self.vault.catalog_path.exists():
             return 0
-        with self.catalog() as cat:
-            return int(cat.counts()["documents"])
+        try:
+            with self.catalog() as cat:
+                return int(cat.counts()["documents"])
+        except sqlite3.OperationalError:  # the daemon is creating the catalog right now
+            return 0
 
     def journal_events(self) -> list[str]:
         from coldvault.journal import Journal

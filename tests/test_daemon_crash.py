@@ -237,6 +237,39 @@ def check_sync_invariant(
     return held
 
 
+def ingest_more(env: VaultEnv, rng: random.Random, n: int, first: int) -> list[Doc]:
+    """Drop ``n`` more documents in the sources and archive them as the daemon would."""
+    from coldvault.ingest import Ingestor, IngestRequest, fingerprint_of
+
+    docs = plan_documents(rng, n)
+    docs = [Doc(d.source, d.relpath.replace(f"{i:03d}", f"{first + i:03d}"), d.data, d.patient,
+                "direct") for i, d in enumerate(docs)]  # fmt: skip
+    requests = []
+    for doc in docs:
+        root = env.sources[doc.source]
+        p = root / doc.relpath
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(doc.data)
+        requests.append(
+            IngestRequest(
+                p,
+                source=doc.source,
+                relpath=doc.relpath,
+                patient_id=doc.patient,
+                fingerprint=fingerprint_of(p.stat()),
+                delete_source=True,
+                root=root,
+            )
+        )
+    with Catalog(env.vault.catalog_path) as cat:
+        ing = Ingestor(env.vault, cat)
+        try:
+            assert all(r.doc_id for r in ing.ingest_batch(requests))
+        finally:
+            ing.close()
+    return docs
+
+
 def test_kill9_during_drive_sync(tmp_path: Path) -> None:
     env = make_env(
         tmp_path,
@@ -265,21 +298,28 @@ def test_kill9_during_drive_sync(tmp_path: Path) -> None:
         assert env.cli_inprocess("drive", "enroll", str(path), "--name", name) == 0
 
     kills = attempts = 0
-    while kills < 8 and attempts < 24:
+    last = 1.0  # wall time of the last sync that ran to its end
+    while kills < 8 and attempts < 30:
         attempts += 1
+        # The practice keeps scanning: every sync has something to copy.
+        docs += ingest_more(env, rng, 3, first=len(docs))
         name = rng.choice(["A", "B"])
+        t0 = time.monotonic()
         p = _sync_proc(env, name)
-        time.sleep(rng.uniform(0.05, 1.0))
+        # Somewhere in the work, not in the interpreter's start-up.
+        time.sleep(rng.uniform(0.3, 0.95) * last)
         if p.poll() is None:
             p.kill()
             kills += 1
+        else:
+            last = max(0.3, time.monotonic() - t0)
         p.wait(30)
         assert p.stderr is not None
         err = p.stderr.read().decode(errors="replace")
         p.stderr.close()
         assert "Traceback" not in err and "internal error" not in err, err
         check_sync_invariant(env, docs, drives, f"after sync attempt {attempts} (seed {SEED})")
-    assert kills >= 4, f"only {kills} syncs could be killed (seed {SEED})"
+    assert kills >= 6, f"only {kills} syncs could be killed (seed {SEED})"
 
     for name in ("A", "B", "A"):
         res = env.cli("drive", "sync", name, check=False)
@@ -301,18 +341,31 @@ def test_kill9_during_drive_sync(tmp_path: Path) -> None:
             data = (root / "coldvault" / version[3]).read_bytes()
             assert decrypt_object(data, vault, master, version[2]) == doc.data
     # The drives hold nothing unrecorded, and the signed manifests vouch for every copy.
-    res = env.cli("verify", check=False)
-    assert res.returncode == 0, res.stdout + res.stderr
-    for name, root in drives.items():
-        temps = sorted(str(p.relative_to(root)) for p in root.rglob(".tmp-*") if p.is_file())
-        assert temps == [], f"drive {name}: temporary files left by killed syncs: {temps}"
+    verified = env.cli("verify", check=False)
+    temps = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("drive-*/**/.tmp-*"))
     problems = Journal(vault.journal_dir).verify()
     assert not [p for p in problems if p.tampering], problems
     print(f"seed {SEED}: {kills} kills in {attempts} sync attempts")
+    # Two known gaps (see the strict xfails below) may show, depending on where kills fell.
+    known = []
+    if verified.returncode != 0:
+        out = (verified.stdout + verified.stderr).splitlines()
+        lines = [x for x in out if x.strip() and "PROBLEMS" not in x and not x.endswith(" OK")]
+        if not (lines and all("not vouched for by the signed manifest" in x for x in lines)):
+            raise AssertionError(verified.stdout + verified.stderr)
+        known.append(MANIFEST_BUG)
+    if temps:
+        known.append(f"{TEMP_LEAK}: {temps}")
+    if known:
+        pytest.xfail("a kill fell in a known window: " + " | ".join(known))
 
 
 # --- kill -9 at chosen points (the process SIGKILLs itself there) ----------------------------
 STATION = "coldvault.drives.station"
+TEMP_LEAK = (
+    "a sync killed while writing a manifest, snapshot or journal copy leaves its .tmp-* file "
+    "on the drive: only object folders with something left to copy are cleaned by later syncs"
+)
 MANIFEST_BUG = (
     "station.sync records verified copies in the catalog before the drive's manifest is "
     "written; killed in between, the next sync never adds those copies to a manifest, so "
@@ -331,6 +384,10 @@ MANIFEST_BUG = (
         f"{STATION}:Station._write_manifest:after:1",  # manifest written, spool not dropped
         f"{STATION}:Station.drop_spool_copies:after:1",  # spool dropped, sources not removed
         f"{STATION}:_remove_original:after:1",  # one source removed, not forgotten
+        pytest.param(  # a second sync, killed while writing its manifest
+            "coldvault.drives.fsio:_commit:before:1:manifests",
+            marks=pytest.mark.xfail(reason=TEMP_LEAK, strict=True),
+        ),
     ],
 )
 def test_kill9_at_a_point_of_a_sync(tmp_path: Path, spec: str) -> None:
@@ -365,6 +422,9 @@ def test_kill9_at_a_point_of_a_sync(tmp_path: Path, spec: str) -> None:
     drive.mkdir()
     assert env.cli_inprocess("drive", "enroll", str(drive), "--name", "A") == 0
 
+    if spec.endswith(":manifests"):
+        docs += ingest_more(env, rng, 2, first=len(docs))
+        env.cli("drive", "sync", "A")
     res = env.cli("drive", "sync", "A", check=False, env=crash_env(tmp_path / "crash", spec))
     assert res.returncode == -9, f"the crash point was not reached: {res.stdout}{res.stderr}"
     check_sync_invariant(env, docs, {"A": drive}, f"killed at {spec}", copies_needed=1)

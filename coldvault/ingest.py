@@ -11,6 +11,7 @@ recorded. Nothing is ever recorded that is not durable, and a source file is nev
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import os
@@ -31,6 +32,10 @@ from coldvault.sources.settle import open_beneath
 from coldvault.vault import Vault
 
 log = logging.getLogger(__name__)
+
+
+# Parsing a post-quantum recipient (1,950 characters of Bech32) costs milliseconds: once each.
+_recipient = functools.lru_cache(maxsize=4096)(age.parse_recipient)
 
 
 def object_path(object_id: str) -> str:
@@ -173,7 +178,7 @@ class Ingestor:
                     src,
                     st.st_size,
                     meta,
-                    [age.parse_recipient(recipient)],
+                    [_recipient(recipient)],
                     dst,
                 )
             # Changed while read (same size, new mtime)? Then this copy is not trustworthy.

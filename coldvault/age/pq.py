@@ -43,6 +43,7 @@ class HybridRecipient:
         except ValueError:
             raise AgeHeaderError("malformed mlkem768x25519 recipient") from None
         self.public = public
+        self._text: str | None = None
 
     @classmethod
     def parse(cls, text: str) -> HybridRecipient:
@@ -52,7 +53,9 @@ class HybridRecipient:
         return cls(data)
 
     def __str__(self) -> str:
-        return bech32.encode(RECIPIENT_HRP, self.public)
+        if self._text is None:  # 1,950 characters of pure-Python Bech32: compute once
+            self._text = bech32.encode(RECIPIENT_HRP, self.public)
+        return self._text
 
     def wrap(self, file_key: bytes) -> list[Stanza]:
         sealed = _SUITE.encrypt(file_key, self._key, info=_INFO)
@@ -72,6 +75,7 @@ class HybridIdentity:
         self._public = (
             mlkem_key.public_key().public_bytes_raw() + self._x25519.public_key().public_bytes_raw()
         )
+        self._recipient: HybridRecipient | None = None
 
     @classmethod
     def generate(cls) -> HybridIdentity:
@@ -88,7 +92,9 @@ class HybridIdentity:
         return bech32.encode(IDENTITY_HRP, self._seed, upper=True)
 
     def recipient(self) -> HybridRecipient:
-        return HybridRecipient(self._public)
+        if self._recipient is None:
+            self._recipient = HybridRecipient(self._public)
+        return self._recipient
 
     def unwrap(self, stanzas: list[Stanza]) -> bytes | None:
         for s in stanzas:

@@ -155,6 +155,16 @@ class DaemonProc:
                 f"the daemon did not exit within {timeout:.0f} s of signal {sig}"
             ) from None
 
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        """Until the daemon logged that it is ready (its signal handlers are in place)."""
+
+        def ready() -> bool:
+            if not self.alive():
+                raise AssertionError(f"the daemon died:\n{self.log_text()}")
+            return "daemon ready" in self.log_text()
+
+        wait_for("the daemon to be ready", ready, timeout)
+
     def kill9(self) -> None:
         if self.proc.poll() is None:
             os.kill(self.proc.pid, signal.SIGKILL)

@@ -53,19 +53,6 @@ def _data(seed: int, size: int) -> bytes:
     return random.Random(seed).randbytes(size)
 
 
-def _wait_ready(d: object, timeout: float = 20.0) -> None:
-    from tests.daemon_fixtures import DaemonProc
-
-    assert isinstance(d, DaemonProc)
-
-    def ready() -> bool:
-        if not d.alive():
-            raise AssertionError(f"the daemon died:\n{d.log_text()}")
-        return "daemon ready" in d.log_text()
-
-    wait_for("the daemon to be ready", ready, timeout)
-
-
 # --- writers, as real programs write ---------------------------------------------------------
 def slow_chunks(path: Path, data: bytes, chunks: int = 5, pause: float = 0.2) -> None:
     """A scanner writing in place, slowly, then closing once."""
@@ -120,7 +107,7 @@ def test_daemon_archives_what_scanners_and_exports_drop(env: VaultEnv, tmp_path:
     )
     (scan / "leftover.tmp").write_bytes(b"a temporary file is never archived")
     d = env.start_daemon()
-    _wait_ready(d)
+    d.wait_ready()
 
     # A tree prepared elsewhere on the same filesystem, copied in and moved in.
     staging = tmp_path / "staging"
@@ -219,7 +206,7 @@ def test_signal_during_a_batch_exits_0_and_nothing_is_lost(env: VaultEnv, sig: i
     scan = env.sources["scanner"]
     files = {f"{3000 + i}_doc.pdf": _data(100 + i, 300_000) for i in range(12)}
     d = env.start_daemon()
-    _wait_ready(d)
+    d.wait_ready()
     for name, data in files.items():
         (scan / name).write_bytes(data)
     wait_for("the first document", lambda: env.document_count() >= 1, 20, interval=0.02)
@@ -229,6 +216,7 @@ def test_signal_during_a_batch_exits_0_and_nothing_is_lost(env: VaultEnv, sig: i
     assert "Traceback" not in d.log_text()
     # Restarted, it archives the rest, each file once.
     d2 = env.start_daemon()
+    d2.wait_ready()  # the first one may have finished it all: d2 must be past its start-up
     wait_for("every document", lambda: env.document_count() >= len(files), 30)
     time.sleep(0.8)
     assert d2.stop(sig) == 0

@@ -152,6 +152,7 @@ def test_kill9_daemon_during_ingest(env: VaultEnv) -> None:
         t.join()
     # Let it finish.
     d = env.start_daemon()
+    d.wait_ready()
 
     def all_archived() -> bool:
         assert d.alive(), d.log_text()
@@ -182,7 +183,10 @@ def test_kill9_daemon_during_ingest(env: VaultEnv) -> None:
     problems = Journal(vault.journal_dir).verify()
     assert not [p for p in problems if p.tampering], problems
     events = [e.event for e in Journal(vault.journal_dir).entries()]
-    assert events.count("daemon-start") == kills + 1
+    started = sum("daemon ready" in dp.log_text() for dp in env.daemons)
+    # A daemon killed in its start-up may not have journaled its start; one that said it was
+    # ready has.
+    assert started <= events.count("daemon-start") <= kills + 1
     # For the record (not asserted: depends on where the kills fell).
     print(f"seed {SEED}: {kills} kills, {cleaned} clean-up(s) of a crashed write")
 
@@ -346,48 +350,24 @@ def test_kill9_during_drive_sync(tmp_path: Path) -> None:
     problems = Journal(vault.journal_dir).verify()
     assert not [p for p in problems if p.tampering], problems
     print(f"seed {SEED}: {kills} kills in {attempts} sync attempts")
-    # Two known gaps (see the strict xfails below) may show, depending on where kills fell.
-    known = []
-    if verified.returncode != 0:
-        out = (verified.stdout + verified.stderr).splitlines()
-        lines = [x for x in out if x.strip() and "PROBLEMS" not in x and not x.endswith(" OK")]
-        if not (lines and all("not vouched for by the signed manifest" in x for x in lines)):
-            raise AssertionError(verified.stdout + verified.stderr)
-        known.append(MANIFEST_BUG)
-    if temps:
-        known.append(f"{TEMP_LEAK}: {temps}")
-    if known:
-        pytest.xfail("a kill fell in a known window: " + " | ".join(known))
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+    assert not temps, f"temporary files left on the drives: {temps}"
 
 
 # --- kill -9 at chosen points (the process SIGKILLs itself there) ----------------------------
 STATION = "coldvault.drives.station"
-TEMP_LEAK = (
-    "a sync killed while writing a manifest, snapshot or journal copy leaves its .tmp-* file "
-    "on the drive: only object folders with something left to copy are cleaned by later syncs"
-)
-MANIFEST_BUG = (
-    "station.sync records verified copies in the catalog before the drive's manifest is "
-    "written; killed in between, the next sync never adds those copies to a manifest, so "
-    "verify/restore/recover refuse them (not vouched) although the spool copy was dropped"
-)
 
 
 @pytest.mark.parametrize(
     "spec",
     [
-        pytest.param(  # copies recorded, no manifest yet
-            f"{STATION}:Station._copy_folder:before:1",
-            marks=pytest.mark.xfail(reason=MANIFEST_BUG, strict=True),
-        ),
+        f"{STATION}:Station._copy_folder:before:1",  # copies recorded, no manifest yet
         "coldvault.drives.fsio:BatchWriter.commit:before:1",  # temp files on the drive
         f"{STATION}:Station._write_manifest:after:1",  # manifest written, spool not dropped
         f"{STATION}:Station.drop_spool_copies:after:1",  # spool dropped, sources not removed
         f"{STATION}:_remove_original:after:1",  # one source removed, not forgotten
-        pytest.param(  # a second sync, killed while writing its manifest
-            "coldvault.drives.fsio:_commit:before:1:manifests",
-            marks=pytest.mark.xfail(reason=TEMP_LEAK, strict=True),
-        ),
+        # a second sync, killed while writing its manifest
+        "coldvault.drives.fsio:_commit:before:1:manifests",
     ],
 )
 def test_kill9_at_a_point_of_a_sync(tmp_path: Path, spec: str) -> None:
@@ -473,6 +453,7 @@ def test_kill9_daemon_at_a_point_of_ingest(env: VaultEnv, tmp_path: Path, spec: 
     assert d.proc.wait(30) == -9, f"the crash point was not reached:\n{d.log_text()}"
     check_spool_consistent(env, f"killed at {spec}")
     d = env.start_daemon()
+    d.wait_ready()
     wait_for("every document", lambda: env.document_count() >= len(docs), 30, interval=0.2)
     time.sleep(0.8)
     assert d.stop() == 0, d.log_text()

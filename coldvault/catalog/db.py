@@ -379,6 +379,21 @@ class Catalog:
             (path, drive_id, sha256, now_iso()),
         )
 
+    def copies_on(
+        self, drive_id: str, *, since: datetime | None = None
+    ) -> list[tuple[str, int, str]]:
+        """Current copies recorded on a drive, verified at ``since`` or later (all if None):
+        (path, size, sha256)."""
+        sql = (
+            "SELECT c.path, i.size, c.sha256 FROM copies c JOIN items i ON i.path = c.path "
+            "AND i.sha256 = c.sha256 WHERE c.drive_id = ?"
+        )
+        args: tuple[object, ...] = (drive_id,)
+        if since is not None:
+            sql += " AND c.verified_at >= ?"
+            args += (since.astimezone(UTC).isoformat(timespec="seconds"),)
+        return [(str(p), int(n), str(h)) for p, n, h in self.conn.execute(sql, args)]
+
     def forget_copy(self, path: str, drive_id: str) -> None:
         self.conn.execute("DELETE FROM copies WHERE path = ? AND drive_id = ?", (path, drive_id))
 

@@ -24,7 +24,7 @@ import stat
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from coldvault import manifest as mf
@@ -40,6 +40,9 @@ log = logging.getLogger(__name__)
 BATCH_FILES = 256
 BATCH_BYTES = 256 * 1024 * 1024
 KEEP_SNAPSHOTS = 3
+# Copies recorded this long before the newest manifest was signed are checked against it too
+# (a clock set back between two syncs must not hide an unvouched copy).
+UNVOUCHED_MARGIN = timedelta(days=2)
 
 Progress = Callable[[str, int, int], None]  # (what, done, total)
 
@@ -183,6 +186,8 @@ class Station:
         added: list[mf.Entry] = []
         removed: list[str] = []
         try:
+            self._clean_temp_files(top)
+            added += self._unvouched_copies(top, row, vouched)
             self._deletions(top, row, report, removed)
             self._copy_items(root, top, row, report, added)
             added += self._copy_folder(self.vault.journal_dir, top, layout.JOURNAL_DIR)
@@ -216,6 +221,49 @@ class Station:
                 stopped=report.stopped,
             )
         return report
+
+    @staticmethod
+    def _clean_temp_files(top: Path) -> None:
+        """Temp files an interrupted sync left in the drive's flat folders (object folders are
+        cleaned as they are written to)."""
+        for folder in (layout.MANIFESTS_DIR, layout.CATALOG_DIR, layout.JOURNAL_DIR, "records"):
+            if (top / folder).is_dir():
+                fsio.clean_temp_files(top / folder)
+
+    def _unvouched_copies(
+        self, top: Path, row: DriveRow, vouched: mf.VouchedSet | None
+    ) -> list[mf.Entry]:
+        """Copies the catalog records on this drive that no signed manifest vouches for yet: a
+        sync stopped (killed, power cut) after recording verified copies and before writing
+        its manifest. Each is read back from the device again: vouched for by this sync's
+        manifest if it still matches, else forgotten (so it is copied again)."""
+        since = None if vouched is None else vouched.created - UNVOUCHED_MARGIN
+        out: list[mf.Entry] = []
+        gone: list[str] = []
+        for rel, size, sha in self.catalog.copies_on(row.drive_id, since=since):
+            if vouched is not None and vouched.vouches(rel, size, sha):
+                continue
+            target = top / rel
+            try:
+                got = fsio.read_back_object(target.parent, target.name)
+            except FileNotFoundError:
+                got = None
+            if got == (size, sha):
+                out.append(mf.Entry(rel, size, sha))
+            else:
+                gone.append(rel)
+        if gone:
+            log.warning(
+                "drive %s: %d recorded copies are missing or damaged: they will be copied again",
+                row.name,
+                len(gone),
+            )
+            with self.catalog.transaction():
+                for rel in gone:
+                    self.catalog.forget_copy(rel, row.drive_id)
+        if out:
+            log.info("drive %s: %d copies from an interrupted sync vouched for", row.name, len(out))
+        return out
 
     def _deletions(self, top: Path, row: DriveRow, report: SyncReport, removed: list[str]) -> None:
         for rel in self.catalog.pending_deletions(row.drive_id):

@@ -19,7 +19,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from coldvault import sdnotify
+from coldvault import ingest_audit, sdnotify
 from coldvault.catalog.db import Catalog
 from coldvault.config import Config
 from coldvault.drives import layout
@@ -99,6 +99,7 @@ class Daemon:
         removed = clean_spool(self.vault, catalog)
         if removed:
             log.warning("removed %d unrecorded object(s) left in the spool by a crash", removed)
+        ingest_audit.catch_up(self.journal, catalog)
         ingestor = Ingestor(self.vault, catalog, workers=self.config.vault.workers)
         station = Station(
             self.vault,
@@ -193,9 +194,10 @@ class Daemon:
                 )
         if archived:
             self.ingested += len(archived)
-            self.journal.append(
-                "ingest",
-                documents=[r.doc_id for r in archived],
+            ingest_audit.journal_ingest(
+                self.journal,
+                ingestor.catalog,
+                [r.doc_id for r in archived if r.doc_id],
                 unsorted=sum(1 for r in archived if r.patient_ref is None),
             )
             log.info("archived %d document(s) into the spool", len(archived))

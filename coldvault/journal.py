@@ -517,6 +517,14 @@ class Journal:
                 found = list(_segment_entries(path))
             yield from found
 
+    def recent_entries(self, segments: int = 2) -> list[Entry]:
+        """The entries of the newest ``segments`` segments, in order."""
+        out: list[Entry] = []
+        for path in self.segments()[-segments:]:
+            with self._locked(exclusive=False):
+                out += _segment_entries(path)
+        return out
+
     def verify(self, expected_head: JournalHead | None = None) -> list[Problem]:
         """:func:`verify_folder`, each segment read under the shared lock (no append is seen
         half-written, and appends wait for one segment read, not for the whole check)."""

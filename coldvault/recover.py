@@ -382,5 +382,6 @@ def _adopt_object(
         sealed_name=sealer.seal(meta.name),
         source_key=None,
         fingerprint=None,
+        journaled=True,  # the journal came from the drive with the objects
     )
     return 1

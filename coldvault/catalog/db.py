@@ -197,13 +197,17 @@ class Catalog:
         source_key: str | None,
         fingerprint: str | None,
         delete_source: tuple[str, str] | None = None,
+        journaled: bool = False,
     ) -> None:
-        """Record a spooled object and its document; call inside :meth:`transaction`."""
+        """Record a spooled object and its document; call inside :meth:`transaction`.
+
+        The document stays marked unjournaled until :meth:`mark_journaled` (after its 'ingest'
+        audit entry is appended), so a crash in between is caught up at the next start."""
         self.add_item(object_path, "object", object_size, object_sha256)
         self.conn.execute(
             "INSERT INTO documents (doc_id, patient, object_path, source, kind, doc_date, "
-            "archived_at, size, sha256, sealed_name, source_key, fingerprint) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "archived_at, size, sha256, sealed_name, source_key, fingerprint, unjournaled) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 doc_id,
                 patient,
@@ -217,6 +221,7 @@ class Catalog:
                 sealed_name,
                 source_key,
                 fingerprint,
+                None if journaled else 1,
             ),
         )
         if delete_source is not None and fingerprint is not None:
@@ -224,6 +229,25 @@ class Catalog:
                 "INSERT INTO source_files (doc_id, source, relpath, fingerprint) "
                 "VALUES (?, ?, ?, ?)",
                 (doc_id, delete_source[0], delete_source[1], fingerprint),
+            )
+
+    def unjournaled_documents(self) -> list[tuple[str, str]]:
+        """(doc_id, source) of documents whose ingest is not in the audit journal yet."""
+        return [
+            (str(d), str(s))
+            for d, s in self.conn.execute(
+                "SELECT doc_id, source FROM documents WHERE unjournaled IS NOT NULL ORDER BY id"
+            )
+        ]
+
+    def mark_journaled(self, doc_ids: list[str]) -> None:
+        """The 'ingest' audit entry of these documents is appended."""
+        for i in range(0, len(doc_ids), 500):
+            chunk = doc_ids[i : i + 500]
+            self.conn.execute(
+                "UPDATE documents SET unjournaled = NULL WHERE unjournaled IS NOT NULL AND "
+                f"doc_id IN ({', '.join('?' * len(chunk))})",
+                chunk,
             )
 
     def documents(

@@ -102,6 +102,12 @@ MIGRATIONS: list[str] = [
         record_json TEXT NOT NULL
     );
     """,
+    # 2: documents recorded but not yet in the audit journal (a crash between the catalog
+    # commit and the journal append); NULL once journaled.
+    """
+    ALTER TABLE documents ADD COLUMN unjournaled INTEGER;
+    CREATE INDEX documents_unjournaled ON documents(unjournaled) WHERE unjournaled IS NOT NULL;
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -46,6 +46,7 @@ def ingest(
     app: AppContext, files: tuple[Path, ...], patient_id: str, doc_date: str | None, kind: str
 ) -> int:
     """Archive FILES by hand for one patient."""
+    from coldvault import ingest_audit
     from coldvault.ingest import Ingestor, IngestRequest
     from coldvault.journal import Journal
 
@@ -53,6 +54,8 @@ def ingest(
     vault = app.vault()
     failures = 0
     with app.catalog(vault) as catalog:
+        journal = Journal(vault.journal_dir)
+        ingest_audit.catch_up(journal, catalog)
         ingestor = Ingestor(vault, catalog)
         try:
             requests = []
@@ -70,17 +73,17 @@ def ingest(
             results = ingestor.ingest_batch(requests)
         finally:
             ingestor.close()
-    archived = [r for r in results if r.doc_id]
+        archived = [r for r in results if r.doc_id]
+        if archived:
+            ingest_audit.journal_ingest(
+                journal, catalog, [r.doc_id for r in archived if r.doc_id], source="manual"
+            )
     for r in results:
         if r.error is not None:
             failures += 1
             echo(f"coldvault: error: {r.request.path.name}: {r.error.message}", err=True)
         elif r.doc_id:
             echo(f"archived {r.request.path.name} as document {r.doc_id}")
-    if archived:
-        Journal(vault.journal_dir).append(
-            "ingest", source="manual", documents=[r.doc_id for r in archived]
-        )
     return 1 if failures else 0
 
 
@@ -104,7 +107,9 @@ def assign(app: AppContext, doc_id: str, patient_id: str, passphrase_file: Path 
     master = vault.unlock(get_passphrase(passphrase_file))
     with app.catalog(vault) as catalog:
         new_doc = assign_document(vault, catalog, master, doc_id, patient_id)
-    Journal(vault.journal_dir).append("assign", document=doc_id, new_document=new_doc)
+        Journal(vault.journal_dir).append("assign", document=doc_id, new_document=new_doc)
+        with catalog.transaction():
+            catalog.mark_journaled([new_doc])
     echo(f"document {doc_id} filed as {new_doc}")
     return 0
 

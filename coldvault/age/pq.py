@@ -50,7 +50,9 @@ class HybridRecipient:
         hrp, data = bech32.decode(text)
         if hrp != RECIPIENT_HRP or text != text.lower():
             raise bech32.Bech32Error("not an age post-quantum recipient")
-        return cls(data)
+        recipient = cls(data)
+        recipient._text = text  # a valid lowercase Bech32 string is the only spelling of its data
+        return recipient
 
     def __str__(self) -> str:
         if self._text is None:  # 1,950 characters of pure-Python Bech32: compute once
@@ -76,6 +78,7 @@ class HybridIdentity:
             mlkem_key.public_key().public_bytes_raw() + self._x25519.public_key().public_bytes_raw()
         )
         self._recipient: HybridRecipient | None = None
+        self._text: str | None = None
 
     @classmethod
     def generate(cls) -> HybridIdentity:
@@ -86,10 +89,14 @@ class HybridIdentity:
         hrp, data = bech32.decode(text)
         if hrp != IDENTITY_HRP.lower() or text != text.upper():
             raise bech32.Bech32Error("not an age post-quantum identity")
-        return cls(data)
+        identity = cls(data)
+        identity._text = text  # as for the recipient: the only (uppercase) spelling
+        return identity
 
     def __str__(self) -> str:
-        return bech32.encode(IDENTITY_HRP, self._seed, upper=True)
+        if self._text is None:
+            self._text = bech32.encode(IDENTITY_HRP, self._seed, upper=True)
+        return self._text
 
     def recipient(self) -> HybridRecipient:
         if self._recipient is None:

@@ -404,3 +404,34 @@ def test_clean_temp_files_keeps_other_files(tmp_path: Path) -> None:
     (tmp_path / "obj.age").write_bytes(b"y")
     assert fsio.clean_temp_files(tmp_path) == 1
     assert os.listdir(tmp_path) == ["obj.age"]
+
+
+@pytest.mark.parametrize("split", [None, 1000])
+def test_batch_copies_file_sources_in_the_kernel_and_checks_them_on_read_back(
+    tmp_path: Path, split: int | None
+) -> None:
+    """A file source with a known hash is copied without being hashed (copy_file_range):
+    the read-back against the known hash is what vouches for it, split or not."""
+    src_dir = tmp_path / "spool"
+    src_dir.mkdir()
+    drive = tmp_path / "drive"
+    drive.mkdir()
+    good = os.urandom(4321)
+    damaged = os.urandom(2500)
+    (src_dir / "good").write_bytes(good)
+    (src_dir / "bad").write_bytes(damaged)
+    with BatchWriter(drive, split_above=split, part_size=split or 1) as bw:
+        with open(src_dir / "good", "rb") as f:
+            bw.add(drive, "good.age", f, sha(good))
+        with open(src_dir / "bad", "rb") as f:  # the recorded hash is of other bytes
+            bw.add(drive, "bad.age", f, sha(b"what was recorded"))
+        res = bw.commit()
+    assert [w.path.name for w in res.written] == ["good.age"]
+    assert res.written[0].sha256 == sha(good) and res.written[0].size == len(good)
+    (failed,) = res.failed
+    assert failed.path.name == "bad.age" and isinstance(failed.error, fsio.ReadBackMismatch)
+    assert "recorded hash" in failed.error.message
+    parts = fsio.object_parts(drive, "good.age")
+    assert b"".join(p.read_bytes() for p in parts) == good
+    assert len(parts) == (1 if split is None else 5)
+    assert not fsio.object_parts(drive, "bad.age") and temps(drive) == []

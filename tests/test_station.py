@@ -107,7 +107,9 @@ def test_unenrolled_drive_of_this_vault_is_refused(tmp_path: Path) -> None:
             Station(vault, cat).sync(d)
 
 
-def test_damaged_spool_copy_is_not_recorded(tmp_path: Path) -> None:
+def test_damaged_spool_copy_is_not_recorded(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     vault = make_vault(tmp_path).vault
     with Catalog(vault.catalog_path) as cat:
         paths = _ingest(vault, cat, tmp_path / "src", 2)
@@ -123,3 +125,7 @@ def test_damaged_spool_copy_is_not_recorded(tmp_path: Path) -> None:
         assert cat.copies_of(paths[0]) == []
         assert cat.copies_of(paths[1]) == ["A"]
         assert not r.complete
+        # Told apart from a failing drive; nothing of it is left on the drive.
+        assert f"spool copy of {paths[0]} does not match the catalog" in caplog.text
+        assert not (d / "coldvault" / paths[0]).exists()
+        assert not list(d.rglob(".tmp-*"))

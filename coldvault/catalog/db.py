@@ -473,6 +473,9 @@ class Catalog:
     def forget_source_file(self, doc_id: str) -> None:
         self.conn.execute("DELETE FROM source_files WHERE doc_id = ?", (doc_id,))
 
+    def has_purges(self) -> bool:
+        return self.conn.execute("SELECT 1 FROM purges LIMIT 1").fetchone() is not None
+
     def pending_deletions(self, drive_id: str) -> list[str]:
         return [
             r[0]

@@ -291,21 +291,26 @@ def fsync_dir(path: str | os.PathLike[str]) -> None:
         raise drive_error_from_oserror(e, path) from e
 
 
-def make_dirs_durable(path: str | os.PathLike[str]) -> None:
-    """``mkdir -p`` that fsyncs the parent of every folder it creates."""
-    p = Path(path)
-    missing: list[Path] = []
-    while not _is_dir(p):
-        missing.append(p)
-        p = p.parent
-    for d in reversed(missing):
-        try:
-            os.mkdir(d, 0o755)
-        except FileExistsError:
-            pass
-        except OSError as e:
-            raise drive_error_from_oserror(e, d.parent) from e
-        fsync_dir(d.parent)
+def make_dirs_durable(*paths: str | os.PathLike[str]) -> None:
+    """``mkdir -p`` of each path, then one fsync of each folder a new folder was made in."""
+    parents: set[Path] = set()
+    for path in paths:
+        p = Path(path)
+        missing: list[Path] = []
+        while not _is_dir(p):
+            missing.append(p)
+            p = p.parent
+        for d in reversed(missing):
+            try:
+                os.mkdir(d, 0o755)
+            except FileExistsError:
+                pass
+            except OSError as e:
+                raise drive_error_from_oserror(e, d.parent) from e
+            parents.add(d.parent)
+    # Parents before children: a child's name is durable only once its parent's is.
+    for d in sorted(parents, key=lambda q: len(q.parts)):
+        fsync_dir(d)
 
 
 def _is_dir(p: Path) -> bool:
@@ -555,6 +560,7 @@ class _Staged:
     tmps: list[Path] = field(default_factory=list)
     size: int = 0
     sha256: str = ""
+    hashed: bool = True  # sha256 computed from the bytes written (else: the expected hash)
 
 
 def _check_name(name: str) -> None:
@@ -593,6 +599,60 @@ def _chunks(src: Source) -> Iterator[bytes | memoryview]:
         yield chunk
 
 
+def _file_fd(src: Source) -> int | None:
+    """The descriptor of a regular file source not yet read from, else None."""
+    if isinstance(src, bytes | bytearray | memoryview):
+        return None
+    try:
+        fd = src.fileno()
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or src.tell() != 0 or os.lseek(fd, 0, os.SEEK_CUR):
+            return None
+    except (OSError, ValueError, io.UnsupportedOperation):
+        return None
+    return fd
+
+
+def _kernel_copy(src_fd: int) -> Iterator[int]:
+    """Sizes to copy from ``src_fd`` with :func:`_copy_range`, up to its size when opened."""
+    left = os.fstat(src_fd).st_size
+    while left > 0:
+        n = min(left, 1 << 30)
+        yield n
+        left -= n
+
+
+def _copy_range(src_fd: int, dst_fd: int, count: int) -> None:
+    """Copy ``count`` bytes at the current offsets, in the kernel where it can: copy_file_range,
+    else sendfile, else read and write."""
+    while count > 0:
+        try:
+            n = os.copy_file_range(src_fd, dst_fd, count)
+        except OSError as e:
+            if e.errno not in _NO_KERNEL_COPY:
+                raise
+            try:
+                n = os.sendfile(dst_fd, src_fd, None, count)
+            except OSError as e2:
+                if e2.errno not in _NO_KERNEL_COPY:
+                    raise
+                data = os.read(src_fd, min(count, CHUNK_SIZE))
+                n = len(data)
+                if n:
+                    _write_all(dst_fd, data)
+        if n == 0:
+            raise SourceChanged(
+                "A file to copy to the drive is shorter than when the copy began.",
+                hint="it changed while being copied",
+            )
+        count -= n
+
+
+_NO_KERNEL_COPY = frozenset(
+    {errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EBADF}
+)
+
+
 def _write_all(fd: int, data: bytes | memoryview) -> None:
     mv = memoryview(data)
     while mv:
@@ -626,6 +686,7 @@ def _stage(
     part_size: int,
     fsync_each: bool,
     dev: int | None,
+    hash_source: bool = True,
 ) -> _Staged:
     """Write ``src`` to temp files in ``dst_dir``. On error the temp files are removed."""
     _check_name(name)
@@ -638,16 +699,23 @@ def _stage(
     else:
         limit = part_size
     st = _Staged(dst_dir, name)
-    h = hashlib.sha256()
+    # With a known hash and a read-back to come, a file source is copied in the kernel and not
+    # hashed here: the read-back compares with the known hash (a damaged source then shows as
+    # a mismatch, which the caller tells apart by checking its source).
+    src_fd = _file_fd(src) if (expected_sha256 is not None and not hash_source) else None
+    h = hashlib.sha256() if src_fd is None else None
     fd = -1
     in_part = 0
     try:
         fd, p = _new_temp(dst_dir)
         st.tmps.append(p)
-        for chunk in _chunks(src):
-            mv = memoryview(chunk)
-            h.update(mv)
-            while mv:
+        pieces = _chunks(src) if src_fd is None else _kernel_copy(src_fd)
+        for chunk in pieces:
+            mv = memoryview(chunk) if not isinstance(chunk, int) else None
+            if h is not None and mv is not None:
+                h.update(mv)
+            left = len(mv) if mv is not None else int(chunk)
+            while left:
                 if in_part == limit:
                     if fsync_each:
                         os.fsync(fd)
@@ -658,11 +726,16 @@ def _stage(
                     fd, p = _new_temp(dst_dir)
                     st.tmps.append(p)
                     in_part = 0
-                take = min(len(mv), limit - in_part)
-                _write_all(fd, mv[:take])
+                take = min(left, limit - in_part)
+                if mv is not None:
+                    _write_all(fd, mv[:take])
+                    mv = mv[take:]
+                else:
+                    assert src_fd is not None
+                    _copy_range(src_fd, fd, take)
                 in_part += take
                 st.size += take
-                mv = mv[take:]
+                left -= take
         if fsync_each:
             os.fsync(fd)
         os.close(fd)
@@ -675,6 +748,11 @@ def _stage(
         if isinstance(e, OSError):
             raise drive_error_from_oserror(e, dst_dir, dev) from e
         raise
+    if h is None:
+        assert expected_sha256 is not None
+        st.sha256 = expected_sha256.lower()
+        st.hashed = False
+        return st
     st.sha256 = h.hexdigest()
     if expected_sha256 is not None and st.sha256 != expected_sha256.lower():
         _discard(st.tmps)
@@ -693,7 +771,10 @@ def _verify(st: _Staged, dev: int | None, device: str | None) -> None:
     if size != st.size or sha != st.sha256:
         raise ReadBackMismatch(
             "What was read back from the drive differs from what was written: "
-            "the drive may be failing or counterfeit.",
+            "the drive may be failing or counterfeit."
+            if st.hashed
+            else "What was read back from the drive differs from the recorded hash: the drive "
+            "may be failing or counterfeit, or the file copied to it is damaged.",
             hint=f"object {st.name}: wrote {st.size} bytes sha256 {st.sha256[:16]}..., "
             f"read {size} bytes sha256 {sha[:16]}...",
         )
@@ -900,6 +981,7 @@ class BatchWriter:
                 part_size=self.part_size,
                 fsync_each=self.sync_mode == "fsync",
                 dev=self._dev,
+                hash_source=not self.verify,
             )
         )
 

@@ -204,11 +204,12 @@ class Station:
             self.catalog.touch_drive(row.drive_id, synced=True, path=str(root))
         report.spool_dropped = self.drop_spool_copies()
         report.sources_removed = self.remove_sources()
-        from coldvault.purge import finish_rotation, update_record_confirmations
+        if self.catalog.has_purges():
+            from coldvault.purge import finish_rotation, update_record_confirmations
 
-        update_record_confirmations(self.vault, self.catalog)
-        if finish_rotation(self.vault, self.catalog) and self.journal is not None:
-            self.journal("key-change", action="previous master destroyed")
+            update_record_confirmations(self.vault, self.catalog)
+            if finish_rotation(self.vault, self.catalog) and self.journal is not None:
+                self.journal("key-change", action="previous master destroyed")
         report.lacking_after = len(self.catalog.lacking(row.drive_id))
         if self.journal is not None:
             self.journal(
@@ -293,8 +294,9 @@ class Station:
         if free < need:
             log.warning("drive %s has %d bytes free for %d bytes to copy", row.name, free, need)
         split_above = fsio.max_file_size(root)
-        for sub in {(top / rel).parent for rel, *_ in lacking}:
-            fsio.make_dirs_durable(sub)
+        subs = sorted({(top / rel).parent for rel, *_ in lacking})
+        fsio.make_dirs_durable(*subs)
+        for sub in subs:
             fsio.clean_temp_files(sub)
         done = 0
         batch: list[tuple[str, str, int, str]] = []
@@ -335,7 +337,9 @@ class Station:
                     report.copied += 1
                     report.bytes += size
             for f in result.failed:
-                report.failed.append(str(f.path.relative_to(top)))
+                rel = f.path.relative_to(top).as_posix()
+                report.failed.append(rel)
+                self._check_spool_copy(rel)
             done += len(batch)
             batch, batch_bytes = [], 0
             if self.progress is not None:
@@ -349,6 +353,16 @@ class Station:
             if len(batch) >= BATCH_FILES or batch_bytes >= BATCH_BYTES:
                 flush()
         flush()
+
+    def _check_spool_copy(self, rel: str) -> None:
+        """After a read-back mismatch: tell a damaged spool copy from a failing drive."""
+        item = self.catalog.item(rel)
+        try:
+            size, sha = sha256_file(self.vault.spool / rel)
+        except OSError:
+            return
+        if item is not None and (size, sha) != (item[1], item[2]):
+            log.error("spool copy of %s does not match the catalog: it is damaged", rel)
 
     def _copy_folder(self, src_dir: Path, top: Path, folder: str) -> list[mf.Entry]:
         """Copy the files of ``src_dir`` the drive lacks or holds an older version of."""

@@ -51,10 +51,10 @@ def cmd_ingest(a: argparse.Namespace) -> dict[str, Any]:
     sync_time = 0.0
     real_sync = Ingestor._sync_spool
 
-    def timed_sync(self: Ingestor, written: Any) -> None:
+    def timed_sync(self: Ingestor, *args: Any, **kwargs: Any) -> None:
         nonlocal sync_time
         t = time.perf_counter()
-        real_sync(self, written)
+        real_sync(self, *args, **kwargs)
         sync_time += time.perf_counter() - t
 
     ingest.Ingestor._sync_spool = timed_sync  # type: ignore[method-assign]

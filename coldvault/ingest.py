@@ -22,6 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from pathlib import Path
+from typing import overload
 
 from coldvault import age, keys, objects
 from coldvault.catalog.db import Catalog
@@ -87,6 +88,23 @@ class _Written:
     fingerprint: str
 
 
+@dataclass(frozen=True)
+class _NewPatient:
+    """A patient key written to the spool in a batch, recorded by the batch's transaction."""
+
+    lookup: str
+    patient_id: str
+    key_id: str
+    recipient: str
+    key_size: int
+    key_sha256: str
+    retire: int | None  # the row of the purged patient this one replaces
+
+    @property
+    def path(self) -> str:
+        return f"keys/{self.key_id}.age"
+
+
 class Ingestor:
     """Archives files into the spool and catalog. The catalog is used from one thread only."""
 
@@ -106,9 +124,29 @@ class Ingestor:
             self._pool.shutdown(wait=True)
 
     # --- patients ------------------------------------------------------------------------
-    def patient_for(self, patient_id: str) -> tuple[int, str, str]:
-        """(row id, key id, recipient) of a patient, creating the patient key on first sight."""
+    @overload
+    def patient_for(self, patient_id: str) -> tuple[int, str, str]: ...
+
+    @overload
+    def patient_for(
+        self, patient_id: str, pending: dict[str, _NewPatient]
+    ) -> tuple[int | None, str, str]: ...
+
+    def patient_for(
+        self, patient_id: str, pending: dict[str, _NewPatient] | None = None
+    ) -> tuple[int | None, str, str]:
+        """(row id, key id, recipient) of a patient, creating the patient key on first sight.
+
+        Alone, a new patient's key file is made durable and the patient recorded in its own
+        transaction. With ``pending`` (a batch), the key file is only written: the batch's
+        ``syncfs`` makes it durable and the batch's transaction records the patient with the
+        batch's first document of it (row id None until then); a crash before that leaves an
+        unrecorded key file that :func:`clean_spool` removes, with the documents encrypted to it.
+        """
         lookup = self.vault.lookup("patient", patient_id)
+        if pending is not None and lookup in pending:
+            new = pending[lookup]
+            return None, new.key_id, new.recipient
         row = self.catalog.patient_by_lookup(lookup)
         if row is not None:
             if row.purged:
@@ -117,24 +155,43 @@ class Ingestor:
                 return row.id, row.key_id, row.recipient
         key_id = objects.new_id()
         key, sealed = keys.new_patient_key(key_id, patient_id, self._master)
-        rel = f"keys/{key_id}.age"
-        write_atomic(self.vault.spool / rel, sealed)
+        new = _NewPatient(
+            lookup,
+            patient_id,
+            key_id,
+            key.recipient,
+            len(sealed),
+            hashlib.sha256(sealed).hexdigest(),
+            row.id if row is not None else None,
+        )
+        final = self.vault.spool / new.path
+        if pending is not None:
+            with atomic_writer(final, durable=False) as f:
+                f.write(sealed)
+            pending[lookup] = new
+            log.info("new patient key %s (recorded with its first document)", key_id)
+            return None, key_id, key.recipient
+        write_atomic(final, sealed)
         with self.catalog.transaction():
-            if row is not None:  # purged patient: retire the old lookup
-                self.catalog.conn.execute(
-                    "UPDATE patients SET lookup = lookup || ':purged:' || key_id WHERE id = ?",
-                    (row.id,),
-                )
-            pid = self.catalog.add_patient(
-                lookup,
-                key_id,
-                key.recipient,
-                self._sealer.seal(patient_id),
-                len(sealed),
-                hashlib.sha256(sealed).hexdigest(),
-            )
+            pid = self._record_patient(new)
         log.info("new patient key %s", key_id)
         return pid, key_id, key.recipient
+
+    def _record_patient(self, new: _NewPatient) -> int:
+        """Insert a new patient (its key file durable already); inside a transaction."""
+        if new.retire is not None:  # purged patient: retire the old lookup
+            self.catalog.conn.execute(
+                "UPDATE patients SET lookup = lookup || ':purged:' || key_id WHERE id = ?",
+                (new.retire,),
+            )
+        return self.catalog.add_patient(
+            new.lookup,
+            new.key_id,
+            new.recipient,
+            self._sealer.seal(new.patient_id),
+            new.key_size,
+            new.key_sha256,
+        )
 
     # --- documents -----------------------------------------------------------------------
     def _write_one(
@@ -195,6 +252,7 @@ class Ingestor:
         """Archive a batch; every request gets a result (archived, skipped or error)."""
         results: list[IngestResult] = []
         jobs: list[tuple[IngestRequest, str, int | None, str | None]] = []
+        pending: dict[str, _NewPatient] = {}
         for req in requests:
             try:
                 if req.relpath is not None and req.fingerprint is not None:
@@ -203,7 +261,7 @@ class Ingestor:
                         results.append(IngestResult(req, skipped="already archived"))
                         continue
                 if req.patient_id is not None:
-                    pid, ref, recipient = self.patient_for(req.patient_id)
+                    pid, ref, recipient = self.patient_for(req.patient_id, pending)
                     jobs.append((req, recipient, pid, ref))
                 else:
                     jobs.append((req, self.vault.info.master_recipient, None, None))
@@ -227,9 +285,17 @@ class Ingestor:
                 results.append(out)
             else:
                 written.append(out)
+        new_keys = {p.key_id: p for p in pending.values()}
+        used = {w.patient_ref for w in written if w.patient is None and w.patient_ref}
+        for p in new_keys.values():
+            if p.key_id not in used:  # no document of it was archived: never recorded
+                (self.vault.spool / p.path).unlink(missing_ok=True)
         if written:
-            self._sync_spool(written)
+            self._sync_spool(written, [new_keys[k].path for k in used])
             with self.catalog.transaction():
+                # New patients first, in the same transaction as their documents: a key is
+                # recorded exactly when documents encrypted to it are.
+                rows = {k: self._record_patient(new_keys[k]) for k in sorted(used)}
                 for w in written:
                     req = w.request
                     skey2: str | None = (
@@ -239,7 +305,9 @@ class Ingestor:
                     )
                     self.catalog.add_document(
                         doc_id=w.doc_id,
-                        patient=w.patient,
+                        patient=rows[w.patient_ref]
+                        if w.patient is None and w.patient_ref
+                        else w.patient,
                         object_path=w.object_path,
                         object_size=w.result.size,
                         object_sha256=w.result.sha256,
@@ -272,9 +340,12 @@ class Ingestor:
                 progress(r)
         return results
 
-    def _sync_spool(self, written: Sequence[_Written]) -> None:
-        syncfs(self.vault.spool, [self.vault.spool / w.object_path for w in written])
-        for folder in {(self.vault.spool / w.object_path).parent for w in written}:
+    def _sync_spool(self, written: Sequence[_Written], new_keys: Sequence[str] = ()) -> None:
+        """Make the batch's objects and new patient key files durable (one ``syncfs``)."""
+        paths = [self.vault.spool / rel for rel in new_keys]
+        paths += [self.vault.spool / w.object_path for w in written]
+        syncfs(self.vault.spool, paths)
+        for folder in {p.parent for p in paths}:
             fsync_dir(folder)
 
 

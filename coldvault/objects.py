@@ -8,6 +8,7 @@ the plaintext SHA-256, known only once the document has been read.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -21,6 +22,7 @@ from typing import BinaryIO, cast
 import zstandard
 
 from coldvault import age
+from coldvault.age.stream import ThreadedWriter
 from coldvault.errors import AgeError, IntegrityError, UsageError
 
 OBJECT_FORMAT = 1
@@ -35,6 +37,12 @@ LEVEL = 3
 STORE_LEVEL = -7
 #: Files at least this large use zstd's own worker threads.
 THREADED_MIN_SIZE = 32 * 1024 * 1024
+#: Files at least this large are encrypted, hashed and written by a second thread while the
+#: caller reads, hashes and compresses; smaller ones stay on the caller's thread (a thread per
+#: small document would cost more than it saves).
+BACKGROUND_MIN_SIZE = 16 * 1024 * 1024
+#: Writes queued for that thread (each at most zstd's ~128 KiB output block): bounds memory.
+BACKGROUND_DEPTH = 16
 
 
 def new_id() -> str:
@@ -164,7 +172,14 @@ def write_object(
     out = _HashingWriter(dst)
     plain = hashlib.sha256()
     enc = age.encrypt_writer(recipients, cast(BinaryIO, out))
-    with enc, cctx.stream_writer(cast(BinaryIO, enc), size=-1, closefd=False) as z:
+    # Exits run in reverse: zstd ends its frame into ``sink``, the worker (if any) finishes and
+    # is joined (its error raised here), then ``enc`` writes the final chunk, or aborts.
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(enc)
+        sink: io.RawIOBase = enc
+        if size >= BACKGROUND_MIN_SIZE:
+            sink = stack.enter_context(ThreadedWriter(enc, BACKGROUND_DEPTH))
+        z = stack.enter_context(cctx.stream_writer(cast(BinaryIO, sink), size=-1, closefd=False))
         z.write(_tar_header(member, size, meta.mtime))
         got = 0
         chunk = first

@@ -6,6 +6,8 @@ Both directions stream in bounded memory (at most a couple of chunks are held at
 from __future__ import annotations
 
 import io
+import queue
+import threading
 from types import TracebackType
 from typing import BinaryIO
 
@@ -58,7 +60,7 @@ class EncryptWriter(io.RawIOBase):
         buf = self._buf
         # A full chunk is only sealed once more data proves it is not the last one.
         if buf and len(buf) == CHUNK_SIZE and n:
-            self._seal(bytes(buf), last=False)
+            self._seal(buf, last=False)
             buf.clear()
         pos = 0
         if buf:
@@ -66,7 +68,7 @@ class EncryptWriter(io.RawIOBase):
             buf += view[:take]
             pos = take
             if len(buf) == CHUNK_SIZE and pos < n:
-                self._seal(bytes(buf), last=False)
+                self._seal(buf, last=False)
                 buf.clear()
         while n - pos > CHUNK_SIZE:
             self._seal(view[pos : pos + CHUNK_SIZE], last=False)
@@ -75,9 +77,10 @@ class EncryptWriter(io.RawIOBase):
             buf += view[pos:]
         return n
 
-    def _seal(self, chunk: bytes | memoryview, last: bool) -> None:
+    def _seal(self, chunk: bytes | bytearray | memoryview, last: bool) -> None:
         nonce = _chunk_nonce(self._counter, last)
-        self._dst.write(self._aead.encrypt(nonce, bytes(chunk), None))
+        # encrypt() copies nothing it keeps: no need for a bytes copy of ``chunk`` first.
+        self._dst.write(self._aead.encrypt(nonce, chunk, None))
         self._counter += 1
 
     def abort(self) -> None:
@@ -100,10 +103,92 @@ class EncryptWriter(io.RawIOBase):
 
     def close(self) -> None:
         if not self._finished and not self.closed:
-            self._seal(bytes(self._buf), last=True)
+            self._seal(self._buf, last=True)
             self._buf.clear()
             self._finished = True
         super().close()
+
+
+class ThreadedWriter(io.RawIOBase):
+    """Hands what is written to a worker thread that writes it to ``target``.
+
+    For big objects: the worker encrypts (``target`` is an :class:`EncryptWriter`), hashes and
+    writes the ciphertext while the caller reads, hashes and compresses, all of which release
+    the GIL. At most ``depth`` writes are queued, so memory stays bounded whatever the size.
+
+    An exception in the worker is raised again, as the same exception object, by the next
+    ``write()`` or by ``close()``; what is written after that is dropped. ``close()`` waits for
+    the worker to write everything; ``abort()`` (used by ``__exit__`` on an exception) drops
+    what is still queued. Both leave no thread behind. ``target`` is never closed.
+    """
+
+    def __init__(self, target: BinaryIO | io.RawIOBase, depth: int = 16) -> None:
+        super().__init__()
+        self._target = target
+        self._queue: queue.Queue[bytes | None] = queue.Queue(maxsize=depth)
+        self._error: BaseException | None = None
+        self._dropping = False
+        self._thread: threading.Thread | None = threading.Thread(
+            target=self._run, name="coldvault-age-writer", daemon=True
+        )
+        self._thread.start()
+
+    def _run(self) -> None:
+        get = self._queue.get
+        write = self._target.write
+        while (item := get()) is not None:
+            if self._error is None and not self._dropping:
+                try:
+                    write(item)
+                except BaseException as exc:  # handed to the caller's thread
+                    self._error = exc
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: bytes | bytearray | memoryview) -> int:  # type: ignore[override]
+        if self._error is not None:
+            self._dropping = True
+            self._stop()  # the caller may not close us: leave no thread behind
+            raise self._error
+        if self._thread is None:
+            raise ValueError("write to a closed writer")
+        # The worker writes later: keep a private copy (zstandard already hands out bytes).
+        self._queue.put(data if type(data) is bytes else bytes(data))
+        return len(data)
+
+    def _stop(self) -> None:
+        thread, self._thread = self._thread, None
+        if thread is not None:
+            self._queue.put(None)
+            thread.join()
+
+    def abort(self) -> None:
+        """Drop what is still queued and stop the worker (nothing more reaches ``target``)."""
+        self._dropping = True
+        self._stop()
+        super().close()
+
+    def close(self) -> None:
+        if self._thread is not None:
+            try:
+                self._stop()
+            finally:
+                super().close()
+            if self._error is not None:
+                raise self._error
+        super().close()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if exc_type is not None:
+            self.abort()
+        else:
+            self.close()
 
 
 class DecryptReader(io.RawIOBase):

@@ -1,19 +1,24 @@
 """The yearly purge: plan from the catalog's facts, then crypto-shred what expired.
 
 Execution order (each step durable before the next):
-  1. the new master identity is sealed with the passphrase as ``identity.next.age``;
+  0. every object of the unsorted inbox (sealed to the master) is located, or nothing is done;
+  1. the new master identity is sealed with the passphrase as ``identity.next.age`` (an
+     interrupted purge's is taken up again, never replaced);
   2. the catalog records the purge in one transaction: patients marked purged, their documents
      and items forgotten, a deletion queued for every enrolled drive, the batch keys of sealed
-     fields re-sealed to the new master;
-  3. the purged key files and objects are removed from the spool;
-  4. every surviving patient key file is re-sealed to the new master (atomic per file) and its
+     fields re-sealed to the new master, the destruction record;
+  3. the destruction record's files are written; the purged key files and objects are removed
+     from the spool;
+  4. the unsorted inbox objects are re-encrypted to the new master (``coldvault.inbox``);
+  5. every surviving patient key file is re-sealed to the new master (atomic per file) and its
      new hash recorded, so every drive "lacks" it until it receives the new version;
-  5. ``identity.age`` becomes the new master; the old one is kept as ``identity.previous.age``
-     until every enrolled drive holds the re-sealed keys (:func:`finish_rotation`), then
-     overwritten and removed.
+  6. ``vault.json`` names the new master, then ``identity.age`` becomes it; the old one is kept
+     as ``identity.previous.age`` until every enrolled drive holds the re-sealed keys
+     (:func:`finish_rotation`), then overwritten and removed.
 While ``identity.next.age`` or ``identity.previous.age`` exist, :meth:`Vault.unlock_all` returns
-both masters, so an interruption at any point leaves every key file openable.
-"""
+both masters, so an interruption at any point leaves every key file openable; a purge stopped
+before step 6 is finished by running ``purge --execute`` again, and one stopped within step 6
+by the next unlock."""
 
 from __future__ import annotations
 
@@ -32,6 +37,7 @@ from coldvault.catalog.db import Catalog, now_iso
 from coldvault.catalog.sealing import Opener
 from coldvault.errors import VaultError
 from coldvault.fsutil import fsync_dir, write_atomic
+from coldvault.inbox import locate_inbox, reseal_inbox
 from coldvault.patients import Facts
 from coldvault.retention import record as rec
 from coldvault.retention.rules import (
@@ -41,7 +47,7 @@ from coldvault.retention.rules import (
     RetentionSettings,
     plan,
 )
-from coldvault.vault import Vault
+from coldvault.vault import NEXT_MASTER, PREVIOUS_MASTER, Vault
 
 log = logging.getLogger(__name__)
 
@@ -90,12 +96,18 @@ def make_plan(
 
 @dataclass
 class PurgeResult:
-    record: rec.DestructionRecord
-    json_path: Path
-    html_path: Path
+    record: rec.DestructionRecord | None  # None: nothing destroyed (a rotation resumed)
+    json_path: Path | None
+    html_path: Path | None
     new_recovery_key: str
     destroyed_patients: int
     destroyed_documents: int
+    resumed: bool = False  # an interrupted purge's master rotation was finished
+
+
+def rotation_pending(vault: Vault) -> bool:
+    """An earlier purge stopped before it switched to its new master: run it again."""
+    return (vault.state_dir / NEXT_MASTER).exists()
 
 
 def execute(
@@ -107,19 +119,26 @@ def execute(
     passphrase: bytes,
     operator: str,
 ) -> PurgeResult:
+    """Destroy what the plan says, then rotate the master.
+
+    Crash safety: the catalog changes and the destruction record are one transaction; the new
+    master is sealed in ``identity.next.age`` before anything is sealed to it, and an
+    interrupted rotation is finished by the next ``execute`` with that same master (see
+    :func:`rotation_pending`), nothing to destroy needed.
+    """
     purge_id = secrets.token_hex(8)
-    old_master = masters[0]
-    new_master = keys.generate_identity(classic=not vault.info.post_quantum)
+    # The unsorted inbox is sealed to the master: every object of it must be at hand to be
+    # carried over to the new master (checked before anything changes).
+    inbox = locate_inbox(vault, catalog, masters)
+    resumed = rotation_pending(vault)
+    new_master = _next_master(vault, passphrase)
     new_recipient = new_master.recipient()
     generation = vault.info.master_generation + 1
-    write_atomic(
-        vault.state_dir / "identity.next.age",
-        keys.seal_master(new_master, vault.info.vault_id, passphrase),
-    )
     drives = catalog.drives()
     destroyed: list[rec.DestroyedPatient] = []
     paths: list[str] = []
     n_docs = 0
+    record: rec.DestructionRecord | None = None
     with catalog.transaction():
         for decision in purge_plan.decisions:
             docs = decision.documents_to_destroy
@@ -170,11 +189,28 @@ def execute(
                 "INSERT OR IGNORE INTO deletions (path, drive_id, purge_id) VALUES (?, ?, ?)",
                 ("catalog/*", dr.drive_id, purge_id),
             )
-        Opener(catalog.conn, masters).reseal_all(new_recipient, generation)
+        Opener(catalog.conn, [*masters, new_master]).reseal_all(new_recipient, generation)
+        if destroyed:
+            record = rec.DestructionRecord(
+                vault_id=vault.info.vault_id,
+                created=datetime.now(UTC),
+                operator=operator,
+                profile=purge_plan.profile,
+                as_of=purge_plan.as_of,
+                patients=tuple(destroyed),
+            )
+            catalog.conn.execute(
+                "INSERT INTO purges (purge_id, executed, record_json) VALUES (?, ?, ?)",
+                (purge_id, now_iso(), rec.render_json(record)),
+            )
+    json_path = html_path = None
+    if record is not None:
+        json_path, html_path = write_record(vault, record, purge_id)
     for path in paths:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(vault.spool / path)
     fsync_dir(vault.spool / "keys")
+    reseal_inbox(vault, catalog, inbox, [*masters, new_master], new_recipient)
     # Re-seal every surviving patient key to the new master.
     for p in catalog.patients():
         if p.purged:
@@ -185,27 +221,10 @@ def execute(
         write_atomic(vault.spool / rel, resealed)
         with catalog.transaction():
             catalog.add_item(rel, "key", len(resealed), hashlib.sha256(resealed).hexdigest())
-    # Switch masters: the old one stays (sealed) until every drive has the new keys.
-    current = vault.state_dir / "identity.age"
-    os.replace(current, vault.state_dir / "identity.previous.age")
-    os.replace(vault.state_dir / "identity.next.age", current)
-    fsync_dir(vault.state_dir)
+    # Switch masters: vault.json first (a crash after it is finished by the next unlock, see
+    # Vault.unlock); the old master stays sealed until every drive has the new keys.
     vault.update_info(master_recipient=str(new_recipient), master_generation=generation)
-    record = rec.DestructionRecord(
-        vault_id=vault.info.vault_id,
-        created=datetime.now(UTC),
-        operator=operator,
-        profile=purge_plan.profile,
-        as_of=purge_plan.as_of,
-        patients=tuple(destroyed),
-    )
-    json_path, html_path = write_record(vault, record, purge_id)
-    with catalog.transaction():
-        catalog.conn.execute(
-            "INSERT INTO purges (purge_id, executed, record_json) VALUES (?, ?, ?)",
-            (purge_id, now_iso(), rec.render_json(record)),
-        )
-    del old_master
+    vault.switch_master()
     return PurgeResult(
         record,
         json_path,
@@ -213,7 +232,21 @@ def execute(
         str(new_master),
         len([d for d in destroyed if d.scope == "patient"]),
         n_docs,
+        resumed,
     )
+
+
+def _next_master(vault: Vault, passphrase: bytes) -> keys.AnyIdentity:
+    """The master identity the purge rotates to. A purge stopped before it switched masters
+    left it in ``identity.next.age``, and what it had already sealed to it: it is taken up
+    again, never replaced."""
+    path = vault.state_dir / NEXT_MASTER
+    if path.exists():
+        log.warning("resuming the master rotation of an interrupted purge")
+        return keys.unseal_master(path.read_bytes(), passphrase)
+    identity = keys.generate_identity(classic=not vault.info.post_quantum)
+    write_atomic(path, keys.seal_master(identity, vault.info.vault_id, passphrase))
+    return identity
 
 
 def write_record(vault: Vault, record: rec.DestructionRecord, purge_id: str) -> tuple[Path, Path]:
@@ -273,7 +306,7 @@ def update_record_confirmations(vault: Vault, catalog: Catalog) -> None:
 
 def finish_rotation(vault: Vault, catalog: Catalog) -> bool:
     """Destroy the previous master once every enrolled drive holds the re-sealed keys."""
-    previous = vault.state_dir / "identity.previous.age"
+    previous = vault.state_dir / PREVIOUS_MASTER
     if not previous.exists():
         return False
     for d in catalog.drives():

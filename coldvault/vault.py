@@ -13,9 +13,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import json
+import logging
 import os
 import secrets
 from dataclasses import asdict, dataclass, replace
@@ -24,7 +26,13 @@ from pathlib import Path
 
 from coldvault import age, keys
 from coldvault.errors import ColdvaultError, VaultError
-from coldvault.fsutil import private_dir, write_atomic
+from coldvault.fsutil import fsync_dir, private_dir, write_atomic
+
+log = logging.getLogger(__name__)
+
+#: A purge's new master before the switch, and the replaced one until drives catch up.
+NEXT_MASTER = "identity.next.age"
+PREVIOUS_MASTER = "identity.previous.age"
 
 VAULT_FORMAT = 1
 
@@ -109,13 +117,45 @@ class Vault:
             raise VaultError(f"cannot read the vault identity file: {exc.strerror}") from None
         identity = keys.unseal_master(data, passphrase)
         if str(identity.recipient()) != self.info.master_recipient:
-            raise VaultError("the identity file does not belong to this vault")
+            following = self._interrupted_switch(passphrase)
+            if following is None:
+                raise VaultError("the identity file does not belong to this vault")
+            return following
         return identity
+
+    def _interrupted_switch(self, passphrase: bytes) -> keys.AnyIdentity | None:
+        """A purge recorded its new master in vault.json, then stopped before it became
+        ``identity.age``: finish the switch."""
+        path = self.state_dir / NEXT_MASTER
+        if not path.exists():
+            return None
+        identity = keys.unseal_master(path.read_bytes(), passphrase)
+        if str(identity.recipient()) != self.info.master_recipient:
+            return None
+        log.warning(
+            "finished the master key switch of an interrupted purge: print the new recovery "
+            "sheet with 'coldvault key recovery-sheet' and destroy the old one"
+        )
+        self.switch_master()
+        return identity
+
+    def switch_master(self) -> None:
+        """``identity.next.age`` becomes ``identity.age``; the current one is kept as
+        ``identity.previous.age`` (until every drive has the re-sealed keys). At every instant
+        ``identity.age`` exists."""
+        current = self.identity_path
+        keep = self.state_dir / ".tmp-previous"
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(keep)
+        os.link(current, keep)
+        os.replace(keep, self.state_dir / PREVIOUS_MASTER)
+        os.replace(self.state_dir / NEXT_MASTER, current)
+        fsync_dir(self.state_dir)
 
     def unlock_all(self, passphrase: bytes) -> list[keys.AnyIdentity]:
         """The master, plus the previous / next one while a purge's rotation is unfinished."""
         identities = [self.unlock(passphrase)]
-        for name in ("identity.previous.age", "identity.next.age"):
+        for name in (PREVIOUS_MASTER, NEXT_MASTER):
             path = self.state_dir / name
             if path.exists():
                 try:

@@ -8,6 +8,7 @@ import sys
 from collections.abc import Callable
 from datetime import date
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -20,12 +21,10 @@ from coldvault.cli.common import (
     pass_app,
     passphrase_file_option,
 )
-from coldvault.errors import UsageError
+from coldvault.errors import ColdvaultError, UsageError
 
 
 def _journal(app: AppContext, event: str, **fields: object) -> None:
-    from typing import Any
-
     from coldvault.journal import Journal
 
     args: dict[str, Any] = dict(fields)
@@ -139,7 +138,7 @@ def purge(
 ) -> int:
     """Show what the retention rules would destroy (dry run), or destroy it with --execute."""
     from coldvault.purge import execute as do_execute
-    from coldvault.purge import make_plan
+    from coldvault.purge import make_plan, rotation_pending
     from coldvault.retention.rules import settings_from_config
 
     cfg = app.config()
@@ -164,15 +163,18 @@ def purge(
             echo(json.dumps(the_plan.to_dict(), indent=2))
         else:
             _print_plan(the_plan)
+        _print_inbox(vault, catalog, masters, say)
         if not execute:
             if the_plan.destroy or any(True for _ in the_plan.documents_to_destroy()):
                 say("\nThis was a dry run. Run again with --execute to destroy.")
             return 0
         n_docs = sum(1 for _ in the_plan.documents_to_destroy())
-        if not n_docs:
+        if not n_docs and not rotation_pending(vault):
             say("Nothing to destroy.")
             return 3
-        if not yes:
+        if not n_docs:
+            say("\nFinishing the master key rotation of an interrupted purge.")
+        elif not yes:
             if not sys.stdin.isatty():
                 raise UsageError("confirmation needed", hint="type it at a terminal, or --yes")
             answer = click.prompt(f"Type DETRUIRE to destroy {n_docs} document(s) forever")
@@ -197,23 +199,30 @@ def purge(
             rotated.identity_path,
             keys.seal_master(rotated.unlock(passphrase), rotated.info.vault_id, new_pass),
         )
+    if result.json_path is not None:
+        _journal(
+            app,
+            "purge",
+            patients=result.destroyed_patients,
+            documents=result.destroyed_documents,
+            record=result.json_path.name,
+            as_of=day.isoformat(),
+            profile=the_plan.profile,
+        )
     _journal(
         app,
-        "purge",
-        patients=result.destroyed_patients,
-        documents=result.destroyed_documents,
-        record=result.json_path.name,
-        as_of=day.isoformat(),
-        profile=the_plan.profile,
+        "key-change",
+        action="master rotated by purge"
+        + (" (interrupted rotation finished)" if result.resumed else ""),
     )
-    _journal(app, "key-change", action="master rotated by purge")
     if new_pass is not None:
         _journal(app, "key-change", action="passphrase")
-    say(
-        f"\nDestroyed {result.destroyed_documents} document(s) of "
-        f"{result.destroyed_patients} patient(s)."
-    )
-    say(f"Destruction record: {result.html_path} (print and sign it) and {result.json_path}")
+    if result.json_path is not None:
+        say(
+            f"\nDestroyed {result.destroyed_documents} document(s) of "
+            f"{result.destroyed_patients} patient(s)."
+        )
+        say(f"Destruction record: {result.html_path} (print and sign it) and {result.json_path}")
     say("\nNEW RECOVERY KEY (the old one no longer opens the vault's keys once every drive")
     say("has been plugged in; print this one, then destroy the old sheet):\n")
     say(f"    {result.new_recovery_key}\n")
@@ -289,6 +298,25 @@ def _print_plan(the_plan: object) -> None:
     for d in the_plan.review:
         echo(f"  {d.ref}  {'; '.join(d.reasons)}")
     echo(f"\nKept (not expired): {len(the_plan.keep)} patient file(s)")
+
+
+def _print_inbox(
+    vault: object, catalog: object, masters: list[Any], say: Callable[[str], None]
+) -> None:
+    """The unsorted inbox is kept: the purge re-encrypts it to the new master key."""
+    from coldvault.catalog.db import Catalog
+    from coldvault.inbox import locate_inbox
+    from coldvault.vault import Vault
+
+    assert isinstance(vault, Vault) and isinstance(catalog, Catalog)
+    n = len(catalog.documents(unsorted=True))
+    if not n:
+        return
+    say(f"\nUnsorted inbox: {n} document(s), kept (re-encrypted to the new master key).")
+    try:
+        locate_inbox(vault, catalog, masters)
+    except ColdvaultError as exc:
+        say(f"  To execute the purge: {exc.message}; {exc.hint}.")
 
 
 COMMANDS = [patient, hold, release, purge]

@@ -26,7 +26,7 @@ RECOVERY_SHEET = """\
   Created:      {created}
   Key type:     {kind}
 
-  RECOVERY KEY (opens every archived document; shown only once):
+  RECOVERY KEY (opens every archived document):
 
     {recovery_key}
 
@@ -86,9 +86,7 @@ def init(
         RECOVERY_SHEET.format(
             vault_id=info.vault_id,
             created=info.created,
-            kind="post-quantum hybrid (mlkem768x25519)"
-            if info.post_quantum
-            else "X25519 (classic)",
+            kind=_kind(info.post_quantum),
             recovery_key=created.recovery_key,
             fingerprint=created.fingerprint,
         )
@@ -107,7 +105,7 @@ def _journal(vault: object, event: str, **fields: Any) -> None:
 
 @click.group()
 def key() -> None:
-    """Vault keys: show the public recipient, change the passphrase."""
+    """Vault keys: show the public recipient, change the passphrase, print the recovery sheet."""
 
 
 @key.command("show-recipient")
@@ -135,6 +133,34 @@ def passwd(app: AppContext, passphrase_file: Path | None, new_passphrase_file: P
     vault.change_passphrase(old, new)
     _journal(vault, "key-change", action="passphrase")
     echo("Passphrase changed.")
+
+
+@key.command("recovery-sheet")
+@passphrase_file_option
+@pass_app
+def recovery_sheet(app: AppContext, passphrase_file: Path | None) -> None:
+    """Print the recovery sheet again (the passphrase is asked): after a lost sheet, or a
+    purge stopped before it could show its new recovery key."""
+    from coldvault.signing import VerifyKey
+
+    vault = app.vault()
+    master = vault.unlock(get_passphrase(passphrase_file))
+    info = vault.info
+    _journal(vault, "key-change", action="recovery sheet printed")
+    echo(
+        RECOVERY_SHEET.format(
+            vault_id=info.vault_id,
+            created=info.created,
+            kind=_kind(info.post_quantum),
+            recovery_key=str(master),
+            fingerprint=VerifyKey.from_text(info.verify_key).fingerprint(),
+        )
+    )
+    echo("Destroy any older recovery sheet of this vault once this one is printed.")
+
+
+def _kind(post_quantum: bool) -> str:
+    return "post-quantum hybrid (mlkem768x25519)" if post_quantum else "X25519 (classic)"
 
 
 COMMANDS = [init, key]

@@ -64,6 +64,7 @@ def compute_status(
         items, size = catalog.drive_holdings(row.drive_id)
         seen = _parse(row.last_seen) or _parse(row.enrolled)
         overdue = seen is not None and now - seen > limit
+        elsewhere = len(catalog.lacking_elsewhere(row.drive_id))
         drives.append(
             DriveStatus(
                 row.name,
@@ -72,10 +73,16 @@ def compute_status(
                 row.last_sync,
                 items,
                 size,
-                len(catalog.lacking(row.drive_id)),
+                len(catalog.lacking(row.drive_id)) + elsewhere,
                 overdue,
             )
         )
+        if elsewhere:
+            warnings.append(
+                f"drive {row.name!r} lacks {elsewhere} file(s) that are no longer in the spool "
+                "(a copy found damaged or missing): plug it in together with another drive "
+                "that holds them, and sync"
+            )
         if overdue and seen is not None:
             warnings.append(
                 f"drive {row.name!r} has not been plugged in for {(now - seen).days} days"

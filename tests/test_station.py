@@ -129,3 +129,46 @@ def test_damaged_spool_copy_is_not_recorded(
         assert f"spool copy of {paths[0]} does not match the catalog" in caplog.text
         assert not (d / "coldvault" / paths[0]).exists()
         assert not list(d.rglob(".tmp-*"))
+
+
+def test_damaged_and_missing_copies_are_copied_again_from_another_drive(tmp_path: Path) -> None:
+    import shutil
+
+    from coldvault.status import compute_status
+    from coldvault.verify import verify_drive
+
+    vault = make_vault(tmp_path).vault
+    with Catalog(vault.catalog_path) as cat:
+        paths = _ingest(vault, cat, tmp_path / "src", 3)
+        a, b = tmp_path / "A", tmp_path / "B"
+        a.mkdir()
+        b.mkdir()
+        row_a = enroll(vault, cat, a, "A", is_directory=True)
+        enroll(vault, cat, b, "B", is_directory=True)
+        st = Station(vault, cat, copies=2)
+        assert st.sync(a).complete and st.sync(b).complete
+        assert not any((vault.spool / p).exists() for p in paths)  # only on the drives now
+        damaged, lost = a / "coldvault" / paths[0], a / "coldvault" / paths[1]
+        data = bytearray(damaged.read_bytes())
+        data[-5] ^= 0x01
+        damaged.write_bytes(bytes(data))
+        lost.unlink()
+        v = verify_drive(vault, cat, row_a, a)
+        assert v.damaged == [paths[0]] and v.missing == [paths[1]]
+
+        # B is away: nothing to copy them from; the sync and status say so.
+        shutil.move(b, tmp_path / "away")
+        r = st.sync(a)
+        assert r.copied == 0 and r.elsewhere == 2
+        status = compute_status(cat, overdue_days=7, copies=2)
+        assert any("'A' lacks 2 file(s)" in w for w in status.warnings), status.warnings
+        assert {d.name: d.lacking for d in status.drives}["A"] == 2
+
+        # B back: the next sync of A copies them from B, verified, and vouched for.
+        shutil.move(tmp_path / "away", b)
+        r = st.sync(a)
+        assert r.copied == 2 and r.elsewhere == 0 and r.complete
+        for p in paths:
+            assert (a / "coldvault" / p).read_bytes() == (b / "coldvault" / p).read_bytes()
+        assert verify_drive(vault, cat, row_a, a).ok
+        assert sorted(cat.copies_of(paths[0])) == ["A", "B"]

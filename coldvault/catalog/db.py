@@ -384,16 +384,28 @@ class Catalog:
             )
         )
 
-    def lacking_elsewhere(self, drive_id: str) -> int:
-        """Items this drive lacks that are no longer in the spool (held by other drives)."""
-        return int(
+    def lacking_elsewhere(self, drive_id: str) -> list[tuple[str, str, int, str]]:
+        """Items this drive lacks that are no longer in the spool (other drives hold them: a
+        copy found damaged or missing, or a drive enrolled late): (path, kind, size, sha256)."""
+        return list(
             self.conn.execute(
-                "SELECT COUNT(*) FROM items i WHERE i.in_spool = 0 AND NOT EXISTS "
-                "(SELECT 1 FROM copies c WHERE c.path = i.path AND c.drive_id = ? "
-                "AND c.sha256 = i.sha256)",
+                "SELECT i.path, i.kind, i.size, i.sha256 FROM items i WHERE i.in_spool = 0 "
+                "AND NOT EXISTS (SELECT 1 FROM copies c WHERE c.path = i.path "
+                "AND c.drive_id = ? AND c.sha256 = i.sha256) ORDER BY i.path",
                 (drive_id,),
-            ).fetchone()[0]
+            )
         )
+
+    def holders(self, path: str, sha256: str) -> list[str]:
+        """Drives (ids) holding a verified copy of this version of an item."""
+        return [
+            str(r[0])
+            for r in self.conn.execute(
+                "SELECT c.drive_id FROM copies c JOIN drives d ON d.drive_id = c.drive_id "
+                "AND d.retired IS NULL WHERE c.path = ? AND c.sha256 = ?",
+                (path, sha256),
+            )
+        ]
 
     def record_copy(self, path: str, drive_id: str, sha256: str) -> None:
         self.conn.execute(

@@ -163,6 +163,12 @@ def sync(app: AppContext, name: str | None) -> int:
         )
         for f in report.failed:
             echo(f"coldvault: error: {f}: could not be copied or verified", err=True)
+        if report.elsewhere:
+            echo(
+                f"Drive {dname!r} lacks {report.elsewhere} file(s) that only other drives hold "
+                "(a copy found damaged or missing): plug one of them in together with this one "
+                "and sync again."
+            )
         if report.stopped:
             echo(f"coldvault: error: the copy stopped: {report.stopped}", err=True)
             echo("hint: nothing is lost; plug the drive in again to resume", err=True)

@@ -153,7 +153,12 @@ def verify(
                     echo(f"drive {row.name}: {kind}: {p}", err=True)
             if report.manifest_problem:
                 echo(f"drive {row.name}: manifest: {report.manifest_problem}", err=True)
-            verdict = "OK" if report.ok else "PROBLEMS FOUND (damaged copies will be re-copied)"
+            verdict = (
+                "OK"
+                if report.ok
+                else "PROBLEMS FOUND (damaged or missing copies are copied again at the next "
+                "sync, from the spool or from another drive plugged in with this one)"
+            )
             echo(f"drive {row.name}: {report.checked} file(s) checked: {verdict}")
             Journal(vault.journal_dir).append(
                 "verify",

@@ -26,6 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import BinaryIO
 
 from coldvault import manifest as mf
 from coldvault.catalog.db import Catalog, DriveRow
@@ -45,6 +46,7 @@ KEEP_SNAPSHOTS = 3
 UNVOUCHED_MARGIN = timedelta(days=2)
 
 Progress = Callable[[str, int, int], None]  # (what, done, total)
+Opener = Callable[[], BinaryIO]  # opens the source of a copy
 
 
 @dataclass
@@ -57,6 +59,7 @@ class SyncReport:
     spool_dropped: int = 0
     sources_removed: int = 0
     lacking_after: int = 0
+    elsewhere: int = 0  # items the drive lacks that only drives not plugged in hold
     stopped: str | None = None  # why the sync stopped early (drive full, removed, ...)
 
     @property
@@ -211,6 +214,15 @@ class Station:
             if finish_rotation(self.vault, self.catalog) and self.journal is not None:
                 self.journal("key-change", action="previous master destroyed")
         report.lacking_after = len(self.catalog.lacking(row.drive_id))
+        report.elsewhere = len(self.catalog.lacking_elsewhere(row.drive_id))
+        if report.elsewhere:
+            log.warning(
+                "drive %s lacks %d file(s) that are no longer in the spool: plug it in together "
+                "with another drive that holds them (%s) to copy them again",
+                row.name,
+                report.elsewhere,
+                ", ".join(self._holders_of_lacking(row)) or "none",
+            )
         if self.journal is not None:
             self.journal(
                 "sync",
@@ -285,21 +297,28 @@ class Station:
     def _copy_items(
         self, root: Path, top: Path, row: DriveRow, report: SyncReport, added: list[mf.Entry]
     ) -> None:
-        lacking = self.catalog.lacking(row.drive_id)
+        spool = self.vault.spool
+        lacking: list[tuple[tuple[str, str, int, str], Opener]] = [
+            (item, _file_opener(spool / item[0]))
+            for item in self.catalog.lacking(row.drive_id)
+        ]
+        elsewhere = self.catalog.lacking_elsewhere(row.drive_id)
+        if elsewhere:
+            lacking += self._on_other_drives(row, elsewhere)
         total = len(lacking)
         if not total:
             return
-        need = sum(size for _, _, size, _ in lacking)
+        need = sum(item[2] for item, _ in lacking)
         free = fsio.free_space(root)
         if free < need:
             log.warning("drive %s has %d bytes free for %d bytes to copy", row.name, free, need)
         split_above = fsio.max_file_size(root)
-        subs = sorted({(top / rel).parent for rel, *_ in lacking})
+        subs = sorted({(top / item[0]).parent for item, _ in lacking})
         fsio.make_dirs_durable(*subs)
         for sub in subs:
             fsio.clean_temp_files(sub)
         done = 0
-        batch: list[tuple[str, str, int, str]] = []
+        batch: list[tuple[tuple[str, str, int, str], Opener]] = []
         batch_bytes = 0
         stop: DriveError | None = None
 
@@ -309,19 +328,19 @@ class Station:
                 return
             with fsio.BatchWriter(root, split_above=split_above) as writer:
                 staged: list[tuple[str, str, int, str]] = []
-                for item in batch:
+                for item, opener in batch:
                     rel, _kind, _size, sha = item
                     dst = top / rel
                     try:
-                        with open(self.vault.spool / rel, "rb") as src:
+                        with opener() as src:
                             writer.add(dst.parent, dst.name, src, sha)
                         staged.append(item)
                     except fsio.SourceChanged:
                         report.failed.append(rel)
-                        log.error("spool copy of %s does not match the catalog", rel)
+                        log.error("the copy of %s to copy from does not match the catalog", rel)
                     except FileNotFoundError:
                         report.failed.append(rel)
-                        log.error("spool copy of %s is missing", rel)
+                        log.error("the copy of %s to copy from is missing", rel)
                     except DriveError as exc:
                         stop = exc
                         break
@@ -347,12 +366,58 @@ class Station:
             if stop is not None:
                 raise stop
 
-        for item in lacking:
-            batch.append(item)
-            batch_bytes += item[2]
+        for entry in lacking:
+            batch.append(entry)
+            batch_bytes += entry[0][2]
             if len(batch) >= BATCH_FILES or batch_bytes >= BATCH_BYTES:
                 flush()
         flush()
+
+    def _other_drives(self, row: DriveRow) -> dict[str, Path]:
+        """The vault folders of the other enrolled drives reachable now, by drive id."""
+        out: dict[str, Path] = {}
+        for other in self.catalog.drives():
+            if other.drive_id == row.drive_id:
+                continue
+            try:
+                root = find_root(self.catalog, other)
+                self.identify(root)
+            except ColdvaultError:
+                continue
+            out[other.drive_id] = layout.vault_dir(root)
+        return out
+
+    def _on_other_drives(
+        self, row: DriveRow, items: list[tuple[str, str, int, str]]
+    ) -> list[tuple[tuple[str, str, int, str], Opener]]:
+        """Where to copy items no longer in the spool from: another drive plugged in now. The
+        read-back on this drive checks them against the catalog's hash like any copy."""
+        others = self._other_drives(row)
+        found: list[tuple[tuple[str, str, int, str], Opener]] = []
+        if not others:
+            return found
+        for item in items:
+            rel, _kind, _size, sha = item
+            for drive_id in self.catalog.holders(rel, sha):
+                src = others[drive_id] / rel if drive_id in others else None
+                if src is not None and fsio.object_parts(src.parent, src.name):
+                    found.append(
+                        (item, lambda s=src: fsio.open_object(s.parent, s.name))  # type: ignore[misc]
+                    )
+                    break
+        if found:
+            log.info("drive %s: %d file(s) to copy from other drives", row.name, len(found))
+        return found
+
+    def _holders_of_lacking(self, row: DriveRow) -> list[str]:
+        names = {d.drive_id: d.name for d in self.catalog.drives()}
+        held = {
+            names[d]
+            for rel, _k, _s, sha in self.catalog.lacking_elsewhere(row.drive_id)
+            for d in self.catalog.holders(rel, sha)
+            if d in names
+        }
+        return sorted(held)
 
     def _check_spool_copy(self, rel: str) -> None:
         """After a read-back mismatch: tell a damaged spool copy from a failing drive."""
@@ -472,6 +537,13 @@ class Station:
             with self.catalog.transaction():
                 self.catalog.forget_source_file(doc_id)
         return removed
+
+
+def _file_opener(path: Path) -> Opener:
+    def opener() -> BinaryIO:
+        return path.open("rb")
+
+    return opener
 
 
 def _remove_original(root: Path, relpath: str, fingerprint: str) -> bool:

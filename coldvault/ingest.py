@@ -249,7 +249,24 @@ class Ingestor:
         requests: Sequence[IngestRequest],
         progress: Callable[[IngestResult], None] | None = None,
     ) -> list[IngestResult]:
-        """Archive a batch; every request gets a result (archived, skipped or error)."""
+        """Archive a batch; every request gets a result (archived, skipped or error).
+
+        The batch holds the vault's rotation lock (shared) and follows a master rotated by a
+        purge since the last batch, so nothing is ever sealed to a master being replaced."""
+        with self.vault.rotation_lock(exclusive=False):
+            if self.vault.reload_info():
+                log.info("the vault's master key was rotated: new keys are sealed to the new one")
+                self._master = self.vault.master_recipient()
+                self._sealer = Sealer(
+                    self.catalog.conn, self._master, self.vault.info.master_generation
+                )
+            return self._ingest_batch(requests, progress)
+
+    def _ingest_batch(
+        self,
+        requests: Sequence[IngestRequest],
+        progress: Callable[[IngestResult], None] | None,
+    ) -> list[IngestResult]:
         results: list[IngestResult] = []
         jobs: list[tuple[IngestRequest, str, int | None, str | None]] = []
         pending: dict[str, _NewPatient] = {}

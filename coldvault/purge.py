@@ -124,8 +124,25 @@ def execute(
     Crash safety: the catalog changes and the destruction record are one transaction; the new
     master is sealed in ``identity.next.age`` before anything is sealed to it, and an
     interrupted rotation is finished by the next ``execute`` with that same master (see
-    :func:`rotation_pending`), nothing to destroy needed.
+    :func:`rotation_pending`), nothing to destroy needed. It holds the vault's rotation lock,
+    so a running daemon's ingest waits, then seals to the new master.
     """
+    with vault.rotation_lock(exclusive=True):
+        vault.reload_info()
+        return _execute(
+            vault, catalog, masters, purge_plan, passphrase=passphrase, operator=operator
+        )
+
+
+def _execute(
+    vault: Vault,
+    catalog: Catalog,
+    masters: list[keys.AnyIdentity],
+    purge_plan: PurgePlan,
+    *,
+    passphrase: bytes,
+    operator: str,
+) -> PurgeResult:
     purge_id = secrets.token_hex(8)
     # The unsorted inbox is sealed to the master: every object of it must be at hand to be
     # carried over to the new master (checked before anything changes).
@@ -146,6 +163,12 @@ def execute(
                 continue
             row = catalog.patient_by_key_id(decision.ref)
             assert row is not None
+            if decision.destroy_key and {d.doc_id for d in catalog.documents(row.id)} - {
+                d.doc_id for d in docs
+            }:
+                # A new document since the plan: a new visit restarts the clock. Kept.
+                log.warning("patient %s has new documents since the plan: kept", decision.ref)
+                continue
             hashes: list[str] = []
             for d in docs:
                 obj = str(d.object_id)

@@ -14,12 +14,14 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import hmac
 import json
 import logging
 import os
 import secrets
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -63,8 +65,13 @@ class Vault:
 
     def __init__(self, state_dir: Path) -> None:
         self.state_dir = Path(state_dir)
+        self.info = self._read_info()
+        self._lookup_key: bytes | None = None
+
+    def _read_info(self) -> VaultInfo:
         path = self.state_dir / "vault.json"
         try:
+            st = path.stat()
             raw = json.loads(path.read_bytes())
         except FileNotFoundError:
             raise VaultError(
@@ -76,10 +83,38 @@ class Vault:
         if not isinstance(raw, dict) or raw.get("format") != VAULT_FORMAT:
             raise VaultError(f"{path} is not a vault file this version of coldvault knows")
         try:
-            self.info = VaultInfo(**raw)
+            info = VaultInfo(**raw)
         except TypeError:
             raise VaultError(f"{path} is malformed") from None
-        self._lookup_key: bytes | None = None
+        self._info_stamp = (st.st_ino, st.st_mtime_ns, st.st_size)
+        return info
+
+    def reload_info(self) -> bool:
+        """Read vault.json again if it changed (a purge in another process rotated the master);
+        True if the master recipient changed. Long-running processes call it before sealing
+        anything to the master."""
+        try:
+            st = (self.state_dir / "vault.json").stat()
+        except OSError:
+            return False
+        if (st.st_ino, st.st_mtime_ns, st.st_size) == self._info_stamp:
+            return False
+        before = self.info.master_recipient
+        self.info = self._read_info()
+        return self.info.master_recipient != before
+
+    @contextlib.contextmanager
+    def rotation_lock(self, *, exclusive: bool) -> Iterator[None]:
+        """Held shared while sealing anything to the master (an ingest batch), exclusive while
+        a purge rotates it: a batch never seals to a master that is being replaced."""
+        fd = os.open(
+            self.state_dir / ".rotation.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600
+        )
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+            yield
+        finally:
+            os.close(fd)
 
     # --- paths ---------------------------------------------------------------------------
     @property
@@ -192,6 +227,8 @@ class Vault:
     def update_info(self, **changes: object) -> None:
         self.info = replace(self.info, **changes)  # type: ignore[arg-type]
         write_atomic(self.state_dir / "vault.json", self.info.to_json(), 0o644)
+        st = (self.state_dir / "vault.json").stat()
+        self._info_stamp = (st.st_ino, st.st_mtime_ns, st.st_size)
 
     # --- creation ------------------------------------------------------------------------
     @classmethod

@@ -165,3 +165,27 @@ def test_a_purge_killed_during_the_rotation_is_resumed_with_the_same_new_master(
                 keys.open_patient_key(
                     (cv.vault.spool / "keys" / f"{p.key_id}.age").read_bytes(), [new_master]
                 )
+
+
+def test_a_patient_with_a_new_document_since_the_plan_is_kept(cv: Cli) -> None:
+    from datetime import date
+
+    from coldvault.purge import execute, make_plan
+    from coldvault.retention.rules import settings_from_config
+    from tests.helpers import PASSPHRASE
+
+    cv.ingest("100", cv.write("old.pdf", os.urandom(3000)), date="2005-01-10")
+    assert cv("patient", "set", "100", "--born", "1950-01-01").rc == 0
+    vault = cv.vault
+    masters = vault.unlock_all(PASSPHRASE)
+    with cv.catalog() as cat:
+        plan = make_plan(cat, masters, settings_from_config(None), date(2030, 6, 15))
+        assert len(plan.destroy) == 1
+        visit = os.urandom(2000)  # the daemon archives a new visit in between
+        cv.ingest("100", cv.write("visit.pdf", visit), date="2030-06-01")
+        result = execute(vault, cat, masters, plan, passphrase=PASSPHRASE, operator="t")
+    assert result.destroyed_patients == 0 and result.record is None
+    out = cv.tmp / "restored"
+    assert cv("restore", "100", "--to", str(out)).rc == 0
+    assert (out / "100" / "visit.pdf").read_bytes() == visit
+    assert len(list((out / "100").iterdir())) == 2

@@ -181,6 +181,7 @@ class Station:
             os.close(fd)
 
     def _sync_locked(self, root: Path) -> SyncReport:
+        self.vault.reload_info()  # the snapshot is sealed to the current master
         row = self.identify(root)
         report = SyncReport(row.name)
         top = layout.vault_dir(root)

@@ -22,7 +22,7 @@ from typing import BinaryIO, cast
 import zstandard
 
 from coldvault import age
-from coldvault.age.stream import ThreadedWriter
+from coldvault.age.stream import ReadAhead, ThreadedWriter
 from coldvault.errors import AgeError, IntegrityError, UsageError
 
 OBJECT_FORMAT = 1
@@ -43,6 +43,14 @@ THREADED_MIN_SIZE = 32 * 1024 * 1024
 BACKGROUND_MIN_SIZE = 16 * 1024 * 1024
 #: Writes queued for that thread (each at most zstd's ~128 KiB output block): bounds memory.
 BACKGROUND_DEPTH = 16
+#: When reading an object, decryption and decompression move to a second thread once this much
+#: has been unpacked (so small objects never start one); the worker reads READ_AHEAD_PIECE
+#: bytes at a time and at most READ_AHEAD_DEPTH batches of READ_AHEAD_BATCH bytes wait between
+#: the threads (bounded memory).
+READ_AHEAD_AFTER = 8 * 1024 * 1024
+READ_AHEAD_PIECE = 128 * 1024
+READ_AHEAD_DEPTH = 8
+READ_AHEAD_BATCH = 256 * 1024
 
 
 def new_id() -> str:
@@ -202,6 +210,58 @@ def write_object(
     return ObjectResult(out.size, out.hash.hexdigest(), final, compressed)
 
 
+class _Unpacked(io.RawIOBase):
+    """What tarfile reads: the decompressed stream, read the way tarfile asks for it.
+
+    The first READ_AHEAD_AFTER bytes are decrypted and decompressed on the caller's thread, as
+    tarfile asks. After that a :class:`ReadAhead` worker decrypts and decompresses while the
+    caller unpacks, hashes and writes; the bytes and errors come in the same order, at the same
+    places, so a damaged object fails the same way on both paths.
+    """
+
+    def __init__(self, z: BinaryIO) -> None:
+        super().__init__()
+        self._z = z
+        self._ahead: ReadAhead | None = None
+        self._served = 0
+        self._rest = b""
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int = -1) -> bytes:
+        if self._ahead is None:
+            # tarfile's own block size: zstd is asked exactly what it was asked before there
+            # was a worker (tarfile is opened with a bigger buffer, for the worker's pieces).
+            data = self._z.read(min(size, tarfile.RECORDSIZE) if size >= 0 else tarfile.RECORDSIZE)
+            self._served += len(data)
+            if self._served >= READ_AHEAD_AFTER and data:
+                z = self._z
+                self._ahead = ReadAhead(
+                    lambda: z.read(READ_AHEAD_PIECE), READ_AHEAD_DEPTH, READ_AHEAD_BATCH
+                )
+            return data
+        data = self._rest or self._ahead.read()
+        if 0 <= size < len(data):
+            self._rest = data[size:]
+            return data[:size]
+        self._rest = b""
+        return data
+
+    def readinto(self, b: bytearray | memoryview) -> int:  # type: ignore[override]
+        data = self.read(len(b))
+        n = len(data)
+        b[:n] = data
+        return n
+
+    def close(self) -> None:
+        """Stop and join the worker, if any (the streams are then the caller's again)."""
+        ahead, self._ahead = self._ahead, None
+        if ahead is not None:
+            ahead.close()
+        super().close()
+
+
 @dataclass(frozen=True)
 class OpenedDocument:
     meta: DocumentMeta
@@ -219,9 +279,15 @@ def read_object(src: BinaryIO, identities: Sequence[age.Identity], dst: BinaryIO
     written = 0
     member_name = ""
     meta: DocumentMeta | None = None
+    z = cast(
+        BinaryIO,
+        zstandard.ZstdDecompressor().stream_reader(cast(BinaryIO, reader), closefd=False),
+    )
+    unpacked = _Unpacked(z)
     try:
-        z = zstandard.ZstdDecompressor().stream_reader(cast(BinaryIO, reader), closefd=False)
-        with z, tarfile.open(fileobj=z, mode="r|", format=tarfile.PAX_FORMAT) as tar:
+        with tarfile.open(
+            fileobj=unpacked, mode="r|", format=tarfile.PAX_FORMAT, bufsize=READ_SIZE
+        ) as tar:
             for info in tar:
                 if not info.isreg():
                     raise IntegrityError("the object holds an unexpected tar entry")
@@ -243,6 +309,9 @@ def read_object(src: BinaryIO, identities: Sequence[age.Identity], dst: BinaryIO
         if isinstance(exc, OSError) and exc.errno is not None:
             raise
         raise IntegrityError("the object is damaged (its content cannot be unpacked)") from None
+    finally:
+        unpacked.close()  # joins the worker, if any: no thread outlives this call
+        z.close()
     if meta is None or not member_name:
         raise IntegrityError("the object is incomplete (document or coldvault.json missing)")
     if written != meta.size or plain.hexdigest() != meta.sha256:

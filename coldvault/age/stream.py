@@ -5,11 +5,13 @@ Both directions stream in bounded memory (at most a couple of chunks are held at
 
 from __future__ import annotations
 
+import collections
 import io
 import queue
 import threading
+from collections.abc import Callable
 from types import TracebackType
-from typing import BinaryIO
+from typing import BinaryIO, cast
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
@@ -273,6 +275,116 @@ class DecryptReader(io.RawIOBase):
         out = self._out[self._pos :] if self._pos else self._out
         self._pos = len(self._out)
         return out
+
+
+class _Channel:
+    """A bounded FIFO between one producer and one consumer that the consumer can shut."""
+
+    def __init__(self, depth: int) -> None:
+        self._items: collections.deque[object] = collections.deque()
+        self._cond = threading.Condition()
+        self._depth = depth
+        self._shut = False
+
+    def put(self, item: object) -> bool:
+        """Queue ``item``, waiting for room; False once the consumer has shut the channel."""
+        with self._cond:
+            while len(self._items) >= self._depth and not self._shut:
+                self._cond.wait()
+            if self._shut:
+                return False
+            self._items.append(item)
+            self._cond.notify()
+            return True
+
+    def get(self) -> object:
+        with self._cond:
+            while not self._items:
+                self._cond.wait()
+            item = self._items.popleft()
+            self._cond.notify()
+            return item
+
+    def shut(self) -> None:
+        with self._cond:
+            self._shut = True
+            self._items.clear()
+            self._cond.notify_all()
+
+
+_EOF = object()
+
+
+class ReadAhead:
+    """What ``read()`` returns, called ahead of time by a worker thread.
+
+    For big objects: the worker decrypts and decompresses (``read`` pulls from a zstd reader
+    over a :class:`DecryptReader`) while the caller unpacks, hashes and writes. At most
+    ``depth`` batches of about ``batch`` bytes wait in between, so memory stays bounded.
+    Pieces come out in order; an exception of ``read`` (damage, truncation, an I/O error) is
+    raised, as the same exception object, exactly after the pieces read before it, as ``read``
+    itself would have. ``close()`` stops and joins the worker; the worker may have read further
+    than the caller consumed, but never runs after ``close()`` returns.
+    """
+
+    def __init__(self, read: Callable[[], bytes], depth: int, batch: int) -> None:
+        self._read = read
+        self._batch = batch
+        self._chan = _Channel(depth)
+        self._items: collections.deque[bytes] = collections.deque()
+        self._end: BaseException | None = None
+        self._done = False
+        self._thread: threading.Thread | None = threading.Thread(
+            target=self._run, name="coldvault-read-ahead", daemon=True
+        )
+        self._thread.start()
+
+    def _run(self) -> None:
+        read = self._read
+        put = self._chan.put
+        batch: list[bytes] = []
+        try:
+            eof = False
+            while not eof:
+                batch = []
+                n = 0
+                while n < self._batch:
+                    piece = read()
+                    if not piece:
+                        eof = True
+                        break
+                    batch.append(piece)
+                    n += len(piece)
+                if batch and not put(batch):
+                    return
+                batch = []
+            put(_EOF)
+        except BaseException as exc:  # handed to the caller's thread, in order
+            if not batch or put(batch):
+                put(exc)
+
+    def read(self) -> bytes:
+        """The next piece; b"" at the end (errors raised where they occurred)."""
+        while not self._items:
+            if self._end is not None:
+                raise self._end
+            if self._done:
+                return b""
+            item = self._chan.get()
+            if item is _EOF:
+                self._done = True
+            elif isinstance(item, BaseException):
+                self._end = item
+            else:
+                self._items.extend(cast(list[bytes], item))
+        return self._items.popleft()
+
+    def close(self) -> None:
+        thread, self._thread = self._thread, None
+        if thread is not None:
+            self._chan.shut()
+            thread.join()
+        self._items.clear()
 
 
 def _read_exact(src: BinaryIO, n: int) -> bytes:

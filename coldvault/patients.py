@@ -6,40 +6,16 @@ them needs no passphrase, reading them (for a purge) does.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
-from dataclasses import dataclass
-from datetime import date
 
 from coldvault.catalog.db import Catalog, now_iso
 from coldvault.catalog.sealing import Opener, Sealer
 from coldvault.errors import NotAvailable
 from coldvault.ingest import Ingestor
+from coldvault.retention.facts import Facts, fact_problems
 from coldvault.vault import Vault
 
-
-@dataclass(frozen=True)
-class Facts:
-    born: date | None = None
-    died: date | None = None
-    last_visit: date | None = None
-
-    def to_json(self) -> str:
-        return json.dumps(
-            {k: v.isoformat() if v else None for k, v in self.__dict__.items()}, sort_keys=True
-        )
-
-    @classmethod
-    def from_json(cls, text: str | None) -> Facts:
-        if not text:
-            return cls()
-        raw = json.loads(text)
-        return cls(**{k: date.fromisoformat(v) if v else None for k, v in raw.items()})
-
-    def merged(self, other: Facts) -> Facts:
-        return Facts(
-            other.born or self.born, other.died or self.died, other.last_visit or self.last_visit
-        )
+__all__ = ["Facts", "fact_problems", "place_hold", "release_hold", "set_facts"]
 
 
 def set_facts(

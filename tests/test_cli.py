@@ -380,11 +380,31 @@ def test_ingest_of_a_symlink_is_refused(cv: Cli) -> None:
     link = cv.tmp / "in" / "link.pdf"
     link.symlink_to(target)
     r = cv("ingest", str(link), "--patient", "1001")
-    assert_one_error(r, 1, "link.pdf", "symlink")
+    assert_one_error(r, 1, "link.pdf", "symbolic link (not followed)")
     assert target.exists()
     with cv.catalog() as cat:
         assert cat.counts()["documents"] == 0
     assert not list((cv.vault.spool / "objects").rglob("*.age"))
+
+
+def test_ingest_of_a_missing_file_says_so(cv: Cli) -> None:
+    cv.init()
+    r = cv("ingest", str(cv.tmp / "nope.pdf"), "--patient", "1")
+    assert_one_error(r, 1, "nope.pdf: no such file")
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["--born", "2999-01-01"], "born: 2999-01-01 is in the future"),
+        (["--born", "1990-01-01", "--died", "1980-01-01"], "died before being born"),
+    ],
+)
+def test_patient_set_refuses_impossible_facts(cv: Cli, args: list[str], needle: str) -> None:
+    cv.init()
+    assert_one_error(cv("patient", "set", "42", *args), 2, needle, "nothing recorded")
+    with cv.catalog() as cat:
+        assert cat.patients() == []
 
 
 def test_ingest_bad_date_is_a_usage_error(cv: Cli) -> None:

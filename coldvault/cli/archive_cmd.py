@@ -61,10 +61,14 @@ def ingest(
             requests = []
             for f in files:
                 if f.is_symlink() or not f.is_file():
-                    echo(
-                        f"coldvault: error: {f}: not a regular file (symlinks are not followed)",
-                        err=True,
+                    what = (
+                        "a symbolic link (not followed)"
+                        if f.is_symlink()
+                        else "not a regular file"
+                        if f.exists()
+                        else "no such file"
                     )
+                    echo(f"coldvault: error: {f}: {what}", err=True)
                     failures += 1
                     continue
                 requests.append(

@@ -58,6 +58,13 @@ def restore(
     u = parse_date(until)
     vault = app.vault()
     master = vault.unlock(get_passphrase(passphrase_file))
+    if reason is None and sys.stdin.isatty():
+        reason = click.prompt(
+            "Reason for this restore (patient request, court, colleague...; kept in the journal)",
+            default="",
+            show_default=False,
+            err=True,
+        )
     with app.catalog(vault) as catalog:
         try:
             ref, report = restore_patient(

@@ -46,11 +46,14 @@ def patient_set(
     app: AppContext, patient_id: str, born: str | None, died: str | None, last_visit: str | None
 ) -> int:
     """Record facts for one patient (stored encrypted)."""
-    from coldvault.patients import Facts, set_facts
+    from coldvault.patients import Facts, fact_problems, set_facts
 
     facts = Facts(parse_date(born), parse_date(died), parse_date(last_visit))
     if facts == Facts():
         raise UsageError("nothing to set", hint="give --born, --died or --last-visit")
+    problems = fact_problems(facts, date.today())
+    if problems:
+        raise UsageError(f"patient {patient_id}: {'; '.join(problems)}: nothing recorded")
     vault = app.vault()
     with app.catalog(vault) as catalog:
         set_facts(vault, catalog, [(patient_id, facts)])

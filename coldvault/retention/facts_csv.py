@@ -44,6 +44,7 @@ from datetime import date
 from pathlib import Path
 
 from coldvault.errors import UsageError
+from coldvault.retention.facts import Facts, fact_problems
 
 __all__ = ["COLUMNS", "FactsCsvError", "PatientFactsRow", "parse_facts_csv"]
 
@@ -277,12 +278,7 @@ def parse_facts_csv(
             else:
                 dates[col] = parsed
         born, died, last_visit = dates["born"], dates["died"], dates["last_visit"]
-        if born and died and died < born:
-            row_errors.append("died before being born")
-        if born and last_visit and last_visit < born:
-            row_errors.append("last visit before the birth date")
-        if died and last_visit and last_visit > died:
-            row_errors.append("last visit after the death date")
+        row_errors += fact_problems(Facts(born, died, last_visit))
         if row_errors:
             errors.extend((start, msg) for msg in row_errors)
             continue

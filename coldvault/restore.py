@@ -9,13 +9,14 @@ plaintext matched its own SHA-256. A damaged object is reported and the rest sti
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import io
 import logging
 import os
 import re
 import unicodedata
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, cast
@@ -24,7 +25,7 @@ from coldvault import age, keys, objects
 from coldvault import manifest as mf
 from coldvault.catalog.db import Catalog, DocumentRow, DriveRow
 from coldvault.drives import fsio, layout
-from coldvault.errors import ColdvaultError, IntegrityError, NotAvailable, UsageError
+from coldvault.errors import ColdvaultError, DriveError, IntegrityError, NotAvailable, UsageError
 from coldvault.vault import Vault
 
 log = logging.getLogger(__name__)
@@ -179,10 +180,16 @@ class Restorer:
         return {r.drive_id: r for r in self.catalog.drives(include_retired=True)}
 
     def locate(self, path: str) -> Located | None:
+        """The first place that holds ``path`` (see :meth:`locations`)."""
+        return next(iter(self.locations(path)), None)
+
+    def locations(self, path: str) -> Iterator[Located]:
+        """Every place that holds ``path`` now: the spool, then each plugged-in drive holding a
+        copy (drives are only looked at when the spool does not do)."""
         item = self.catalog.item(path)
         spool = self.vault.spool / path
         if item is not None and item[3] and spool.is_file():
-            return Located("spool", lambda: open(spool, "rb"))
+            yield Located("spool", lambda: open(spool, "rb"))  # noqa: SIM115 (an opener)
         holders = [
             r[0]
             for r in self.catalog.conn.execute(
@@ -199,67 +206,111 @@ class Restorer:
             target = top / path
             if not fsio.object_parts(target.parent, target.name):
                 continue
-            return Located(
+            yield Located(
                 rows[drive_id].name,
                 lambda t=target: fsio.open_object(t.parent, t.name),  # type: ignore[misc]
                 vouched,
             )
-        return None
 
     def holders(self, path: str) -> list[str]:
         return self.catalog.copies_of(path)
 
     def patient_identity(self, key_id: str) -> keys.AnyIdentity:
+        """The patient's identity, from the first good copy of its key file within reach."""
         rel = f"keys/{key_id}.age"
-        loc = self.locate(rel)
-        if loc is None:
-            raise NotAvailable(
-                "the patient's key file is neither on this computer nor on a plugged-in drive",
-                hint="plug in one of the vault's drives: " + (", ".join(self.holders(rel)) or "?"),
-            )
-        with loc.open() as f:
-            data = f.read()
         item = self.catalog.item(rel)
-        if item is not None and hashlib.sha256(data).hexdigest() != item[2]:
-            raise IntegrityError("the patient's key file is damaged or was replaced")
-        if loc.vouched is not None:
-            loc.vouched.check(rel, len(data), hashlib.sha256(data).hexdigest())
-        key = keys.open_patient_key(data, self.masters)
-        assert key.identity is not None
-        return key.identity
+        problem: IntegrityError | None = None
+        for loc in self.locations(rel):
+            with loc.open() as f:
+                data = f.read()
+            digest = hashlib.sha256(data).hexdigest()
+            try:
+                if item is not None and digest != item[2]:
+                    raise IntegrityError(
+                        f"the patient's key file on {loc.where} is damaged or was replaced"
+                    )
+                if loc.vouched is not None:
+                    loc.vouched.check(rel, len(data), digest)
+            except IntegrityError as exc:
+                log.error("%s", exc.message)
+                problem = exc
+                continue
+            key = keys.open_patient_key(data, self.masters)
+            assert key.identity is not None
+            return key.identity
+        if problem is not None:
+            raise problem
+        raise NotAvailable(
+            "the patient's key file is neither on this computer nor on a plugged-in drive",
+            hint="plug in one of the vault's drives: " + (", ".join(self.holders(rel)) or "?"),
+        )
 
     def restore_documents(
         self, docs: Sequence[DocumentRow], folder: Path, identities: Sequence[age.Identity]
     ) -> RestoreReport:
         report = RestoreReport(folder)
+        _check_writable(folder)
         for i, doc in enumerate(docs):
             if self.progress is not None:
                 self.progress("restore", i, len(docs))
-            loc = self.locate(doc.object_path)
-            if loc is None:
-                report.unavailable[doc.doc_id] = self.holders(doc.object_path)
-                continue
             item = self.catalog.item(doc.object_path)
-            try:
-                path, _ = decrypt_to_folder(
-                    loc.open,
-                    identities,
-                    folder,
-                    f"document-{doc.doc_id}",
-                    expected_size=item[1] if item else None,
-                    expected_sha256=item[2] if item else None,
-                    vouched=loc.vouched,
-                    relpath=doc.object_path,
-                )
+            problems: list[str] = []
+            for loc in self.locations(doc.object_path):
+                try:
+                    path, _ = decrypt_to_folder(
+                        loc.open,
+                        identities,
+                        folder,
+                        f"document-{doc.doc_id}",
+                        expected_size=item[1] if item else None,
+                        expected_sha256=item[2] if item else None,
+                        vouched=loc.vouched,
+                        relpath=doc.object_path,
+                    )
+                except ColdvaultError as exc:
+                    log.error("document %s (%s): %s", doc.doc_id, loc.where, exc.message)
+                    problems.append(f"{loc.where}: {exc.message}")
+                    continue
+                except OSError as exc:
+                    if exc.errno in _TARGET_ERRNOS:
+                        raise RestoreTargetError(
+                            f"cannot write the restored documents into {folder}: "
+                            f"{exc.strerror or exc}",
+                            hint="free some space or choose another folder with --to; "
+                            "what was restored so far is complete",
+                        ) from None
+                    problems.append(f"{loc.where}: cannot be read: {exc.strerror or exc}")
+                    continue
                 report.restored.append((doc.doc_id, path))
-            except ColdvaultError as exc:
-                log.error("document %s (%s): %s", doc.doc_id, loc.where, exc.message)
-                report.damaged.append((doc.doc_id, exc.message))
-            except OSError as exc:
-                report.damaged.append((doc.doc_id, f"cannot be read: {exc.strerror or exc}"))
+                break
+            else:
+                if problems:  # every copy within reach is damaged
+                    report.damaged.append((doc.doc_id, "; ".join(problems)))
+                else:
+                    report.unavailable[doc.doc_id] = self.holders(doc.object_path)
         if self.progress is not None:
             self.progress("restore", len(docs), len(docs))
         return report
+
+
+class RestoreTargetError(DriveError):
+    """The folder restored into cannot be written (full, read-only, no permission)."""
+
+
+_TARGET_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG})
+
+
+def _check_writable(folder: Path) -> None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".coldvault-probe-{os.urandom(4).hex()}"
+        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        os.unlink(probe)
+    except OSError as exc:
+        raise RestoreTargetError(
+            f"cannot write the restored documents into {folder}: {exc.strerror or exc}",
+            hint="choose another folder with --to",
+        ) from None
 
 
 def restore_patient(

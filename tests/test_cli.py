@@ -299,6 +299,46 @@ def test_damaged_objects_in_spool_are_named_and_the_rest_restored(cv: Cli) -> No
     assert not [p for p in (out / "1001").iterdir() if p.name.startswith(".")]  # no temp files
 
 
+def test_restore_takes_a_good_copy_when_another_is_damaged(cv: Cli) -> None:
+    cv.init()
+    files = {f"doc{i}.pdf": os.urandom(4000 + i) for i in range(2)}
+    cv.ingest("1001", *(cv.write(n, d) for n, d in files.items()))
+    a, b = cv.drive("A"), cv.drive("B")
+    assert cv("drive", "sync").rc == 0
+    for _doc, obj in cv.documents("1001"):
+        assert not (cv.vault.spool / obj).exists()
+        # Damaged on A (the first drive restore looks at), intact on B.
+        data = bytearray((a / "coldvault" / obj).read_bytes())
+        data[len(data) // 2] ^= 0x01
+        (a / "coldvault" / obj).write_bytes(bytes(data))
+    out = cv.tmp / "out"
+    r = cv("restore", "1001", "--to", str(out), "--reason", "test")
+    assert r.rc == 0, r.err
+    assert tree(out / "1001") == files
+    # With B away, the damage is reported by document id and file name.
+    shutil.move(b, cv.tmp / "away")
+    r = cv("restore", "1001", "--to", str(cv.tmp / "out2"), "--reason", "test")
+    assert r.rc == 1
+    assert sorted(e.split("(", 1)[1].split(")")[0] for e in r.error_lines()) == sorted(files)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root (mounts a small tmpfs)")
+def test_restore_into_a_full_folder_is_one_clear_error(cv: Cli) -> None:
+    import subprocess
+
+    cv.init()
+    cv.ingest("1001", cv.write("big.pdf", os.urandom(200_000)))
+    small = cv.tmp / "small"
+    small.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(small)], check=True)
+    try:
+        r = cv("restore", "1001", "--to", str(small), "--reason", "test")
+        assert_one_error(r, 6, "cannot write the restored documents into", "No space left")
+        assert [p.name for p in (small / "1001").iterdir()] == []  # no half file, no temp
+    finally:
+        subprocess.run(["umount", str(small)], check=True)
+
+
 def test_restore_never_writes_outside_the_folder(cv: Cli) -> None:
     cv.init()
     cv.ingest("1001", cv.write("a.pdf"))

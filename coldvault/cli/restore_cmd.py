@@ -89,6 +89,7 @@ def restore(
                 hint="a purge's destruction records list the destroyed files by pseudonymous "
                 f"reference only: {vault.records_dir}",
             ) from None
+        names = _document_names(catalog, master, [d for d, _ in report.damaged])
     Journal(vault.journal_dir).append(
         "restore",
         patient_ref=ref,
@@ -100,7 +101,7 @@ def restore(
     for _doc, path in report.restored:
         echo(f"restored {path}")
     for doc, what in report.damaged:
-        echo(f"coldvault: error: document {doc}: {what}", err=True)
+        echo(f"coldvault: error: document {doc} ({names.get(doc, '?')}): {what}", err=True)
     if report.unavailable:
         drives = sorted({d for ds in report.unavailable.values() for d in ds})
         echo(
@@ -114,6 +115,21 @@ def restore(
     if report.unavailable:
         return 3
     return 0
+
+
+def _document_names(catalog: object, master: object, doc_ids: list[str]) -> dict[str, str]:
+    """The original names of documents (sealed in the catalog), for messages."""
+    from coldvault.catalog.db import Catalog
+    from coldvault.catalog.sealing import Opener
+
+    assert isinstance(catalog, Catalog)
+    opener = Opener(catalog.conn, [master])  # type: ignore[list-item]
+    out: dict[str, str] = {}
+    for d in doc_ids:
+        rows = catalog.documents(doc_id=d)
+        if rows:
+            out[d] = opener.open(rows[0].sealed_name) or "?"
+    return out
 
 
 @click.command()

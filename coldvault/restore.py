@@ -141,6 +141,7 @@ class RestoreReport:
     restored: list[tuple[str, Path]] = field(default_factory=list)
     damaged: list[tuple[str, str]] = field(default_factory=list)  # (doc id, what)
     unavailable: dict[str, list[str]] = field(default_factory=dict)  # doc id -> drives
+    unusable: dict[str, str] = field(default_factory=dict)  # plugged-in drive -> why not used
 
 
 class Restorer:
@@ -157,6 +158,7 @@ class Restorer:
         self.master = self.masters[0]
         self.progress = progress
         self._roots: dict[str, tuple[Path, mf.VouchedSet | None]] | None = None
+        self.unusable: dict[str, str] = {}  # drive name -> why it cannot be used
 
     def plugged_drives(self) -> dict[str, tuple[Path, mf.VouchedSet | None]]:
         """Enrolled drives reachable now, with their vouched sets (checked once)."""
@@ -174,6 +176,7 @@ class Restorer:
                     continue
                 except ColdvaultError as exc:
                     log.warning("drive %s cannot be used: %s", row.name, exc.message)
+                    self.unusable[row.name] = exc.message
         return self._roots
 
     def _drive_rows(self) -> dict[str, DriveRow]:
@@ -340,4 +343,5 @@ def restore_patient(
     identity = restorer.patient_identity(row.key_id)
     folder = dest / safe_name(patient_id, f"patient-{row.key_id[:8]}")
     report = restorer.restore_documents(docs, folder, [identity])
+    report.unusable = dict(restorer.unusable)
     return row.key_id, report

@@ -322,6 +322,44 @@ def test_restore_takes_a_good_copy_when_another_is_damaged(cv: Cli) -> None:
     assert sorted(e.split("(", 1)[1].split(")")[0] for e in r.error_lines()) == sorted(files)
 
 
+def test_a_damaged_manifest_is_replaced_at_the_next_sync(cv: Cli) -> None:
+    cv.init()
+    files = {f"doc{i}.pdf": os.urandom(3000 + i) for i in range(3)}
+    cv.ingest("1001", *(cv.write(n, d) for n, d in files.items()))
+    a, b = cv.drive("A"), cv.drive("B")
+    assert cv("drive", "sync").rc == 0
+    cv.ingest("1001", cv.write("later.pdf", b"%PDF later"))
+    assert cv("drive", "sync").rc == 0
+    shutil.move(b, cv.tmp / "away")  # only A is plugged in from now on
+    manifests = sorted((a / "coldvault" / "manifests").iterdir())
+    assert len(manifests) == 2
+    data = bytearray(manifests[0].read_bytes())
+    data[len(data) // 2] ^= 0x04  # a bit flipped by the stick
+    manifests[0].write_bytes(bytes(data))
+    r = cv("verify")
+    assert r.rc == 1 and "PROBLEMS" in r.out + r.err
+    (_, a_obj), *_ = cv.documents("1001")
+    assert not (cv.vault.spool / a_obj).exists()
+    r = cv("restore", "1001", "--to", str(cv.tmp / "early"), "--reason", "t")
+    assert_one_error(r, 3, "not plugged in: B")
+    assert "drive A cannot be used" in r.err and "coldvault drive sync" in r.err
+    # The next sync checks every copy and replaces the chain with one full manifest.
+    assert cv("drive", "sync").rc == 0
+    assert [p.name for p in (a / "coldvault" / "manifests").iterdir()] == ["00000003.txt"]
+    assert cv("verify").rc == 0
+    out = cv.tmp / "out"
+    assert cv("restore", "1001", "--to", str(out), "--reason", "t").rc == 0
+    assert len(tree(out / "1001")) == 4
+    key = cv.tmp / "key.txt"
+    key.write_text(cv.recovery_key + "\n")
+    r = cv(
+        "recover", "--drive", str(a), "--to", str(cv.tmp / "rec"),
+        "--recovery-key-file", str(key), "--fingerprint", cv.fingerprint,
+    )  # fmt: skip
+    assert r.rc == 0, r.err
+    assert tree(cv.tmp / "rec" / "1001") == tree(out / "1001")
+
+
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root (mounts a small tmpfs)")
 def test_restore_into_a_full_folder_is_one_clear_error(cv: Cli) -> None:
     import subprocess

@@ -104,11 +104,24 @@ def restore(
         echo(f"coldvault: error: document {doc} ({names.get(doc, '?')}): {what}", err=True)
     if report.unavailable:
         drives = sorted({d for ds in report.unavailable.values() for d in ds})
+        away = [d for d in drives if d not in report.unusable]
         echo(
             f"coldvault: error: {len(report.unavailable)} document(s) are on drives that are "
-            f"not plugged in: {', '.join(drives) or 'none recorded'}",
+            + (
+                f"not plugged in: {', '.join(away) or 'none recorded'}"
+                if away
+                else "plugged in but cannot be used"
+            ),
             err=True,
         )
+        for name, why in sorted(report.unusable.items()):
+            echo(f"  drive {name} cannot be used: {why}", err=True)
+        if report.unusable:
+            echo(
+                "hint: 'coldvault drive sync' checks such a drive's copies against the catalog "
+                "and writes it a new signed manifest",
+                err=True,
+            )
     echo(f"{len(report.restored)} document(s) restored into {report.folder}")
     if report.damaged:
         return 1

@@ -186,7 +186,21 @@ class Station:
         report = SyncReport(row.name)
         top = layout.vault_dir(root)
         self.catalog.touch_drive(row.drive_id, path=str(root))
-        vouched = self.vouched(root, row)
+        repair = False
+        try:
+            vouched = self.vouched(root, row)
+        except mf.ManifestError as exc:
+            if not row.manifest_seq or not row.manifest_digest:
+                raise
+            # Damaged (a flipped bit) or tampered with: the catalog knows what the vault wrote
+            # there; every copy is read back and a new full manifest vouches for what matches.
+            log.warning(
+                "drive %s: its signed manifests cannot be used (%s): every copy is checked "
+                "and a new full manifest written",
+                row.name,
+                exc.message,
+            )
+            vouched, repair = None, True
         added: list[mf.Entry] = []
         removed: list[str] = []
         try:
@@ -194,16 +208,16 @@ class Station:
             added += self._unvouched_copies(top, row, vouched)
             self._deletions(top, row, report, removed)
             self._copy_items(root, top, row, report, added)
-            added += self._copy_folder(self.vault.journal_dir, top, layout.JOURNAL_DIR)
-            added += self._copy_folder(self.vault.records_dir, top, "records")
-            added += self._write_snapshot(top, removed)
+            added += self._copy_folder(self.vault.journal_dir, top, layout.JOURNAL_DIR, repair)
+            added += self._copy_folder(self.vault.records_dir, top, "records", repair)
+            added += self._write_snapshot(top, removed, keep=1 if repair else KEEP_SNAPSHOTS)
         except DriveError as exc:
             report.stopped = exc.message
             log.warning("sync to %s stopped: %s", row.name, exc.message)
         # The manifest records what is on the drive even after a partial sync.
         if added or removed or vouched is None:
             with contextlib.suppress(DriveError):
-                self._write_manifest(top, row, vouched, added, removed)
+                self._write_manifest(top, row, vouched, added, removed, repair=repair)
         if report.stopped is None:
             self.catalog.touch_drive(row.drive_id, synced=True, path=str(root))
         report.spool_dropped = self.drop_spool_copies()
@@ -430,8 +444,11 @@ class Station:
         if item is not None and (size, sha) != (item[1], item[2]):
             log.error("spool copy of %s does not match the catalog: it is damaged", rel)
 
-    def _copy_folder(self, src_dir: Path, top: Path, folder: str) -> list[mf.Entry]:
-        """Copy the files of ``src_dir`` the drive lacks or holds an older version of."""
+    def _copy_folder(
+        self, src_dir: Path, top: Path, folder: str, every: bool = False
+    ) -> list[mf.Entry]:
+        """Copy the files of ``src_dir`` the drive lacks or holds an older version of; the
+        entries of what was copied (``every``: of every file, copied or already there)."""
         out: list[mf.Entry] = []
         if not src_dir.is_dir():
             return out
@@ -444,12 +461,20 @@ class Station:
             target = dst_dir / seg.name
             with contextlib.suppress(OSError):
                 if target.read_bytes() == data:
+                    if every:
+                        out.append(
+                            mf.Entry(
+                                f"{folder}/{seg.name}", len(data), hashlib.sha256(data).hexdigest()
+                            )
+                        )
                     continue
             w = fsio.write_file_atomic(dst_dir, seg.name, data)
             out.append(mf.Entry(f"{folder}/{seg.name}", w.size, w.sha256))
         return out
 
-    def _write_snapshot(self, top: Path, removed: list[str]) -> list[mf.Entry]:
+    def _write_snapshot(
+        self, top: Path, removed: list[str], keep: int = KEEP_SNAPSHOTS
+    ) -> list[mf.Entry]:
         dst_dir = top / layout.CATALOG_DIR
         fsio.make_dirs_durable(dst_dir)
         name = snapshot_name()
@@ -458,7 +483,7 @@ class Station:
             tmp.seek(0)
             w = fsio.write_file_atomic(dst_dir, name, tmp)
         snaps = sorted(p.name for p in dst_dir.glob("snapshot-*.age"))
-        for old in snaps[:-KEEP_SNAPSHOTS]:
+        for old in snaps[:-keep]:
             fsio.remove_file_durable(dst_dir / old)
             removed.append(f"{layout.CATALOG_DIR}/{old}")
         return [mf.Entry(f"{layout.CATALOG_DIR}/{name}", w.size, w.sha256)]
@@ -470,7 +495,11 @@ class Station:
         vouched: mf.VouchedSet | None,
         added: list[mf.Entry],
         removed: list[str],
+        *,
+        repair: bool = False,
     ) -> None:
+        """Sign and write this sync's manifest. ``repair``: the drive's manifests were unusable;
+        a full manifest that follows the recorded head replaces them all."""
         key = SigningKey.load(self.vault.signing_key_path)
         now = datetime.now(UTC)
         from coldvault.journal import Journal
@@ -482,11 +511,13 @@ class Station:
         entries = {e.path: e for e in added}
         gone = sorted(set(removed) - set(entries))
         if vouched is None:
+            after = (row.manifest_seq, row.manifest_digest) if repair else (0, None)
             m = mf.Manifest(
                 vault_id=self.vault.info.vault_id,
                 drive_id=row.drive_id,
-                seq=1,
+                seq=(after[0] or 0) + 1,
                 created=now,
+                prev=after[1],
                 full=True,
                 entries=tuple(entries.values()),
                 journal_head=journal_head,
@@ -509,6 +540,11 @@ class Station:
         fsio.write_file_atomic(folder, mf.manifest_filename(m.seq), data)
         with self.catalog.transaction():
             self.catalog.set_manifest_head(row.drive_id, m.seq, mf.manifest_digest(data))
+        if repair:  # the new full manifest stands alone: the unusable chain goes
+            for old in sorted(folder.glob("*.txt")):
+                if old.name != mf.manifest_filename(m.seq):
+                    fsio.remove_file_durable(old)
+            log.warning("drive %s: a new full manifest replaces its damaged ones", row.name)
 
     # --- after a sync --------------------------------------------------------------------
     def drop_spool_copies(self) -> int:

@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 
 BATCH_MAX = 64
 CHECK_INTERVAL = 3600.0
+ALERT_REPEAT = 24 * 3600.0  # an unchanged alert is repeated once a day
 RETRY_SECONDS = 30.0
 
 
@@ -66,6 +67,8 @@ class Daemon:
         self._unmount = unmount
         self._local = threading.local()
         self._done: dict[str, float] = {}
+        self._alerts: tuple[str, ...] = ()
+        self._alerted = 0.0
         self.ingested = 0
 
     # --- control -------------------------------------------------------------------------
@@ -211,10 +214,15 @@ class Daemon:
         )
         for w in status.warnings:
             log.warning("%s", w)
-        overdue = [w for w in status.warnings if "plugged" in w or "waiting" in w]
-        if overdue:
-            self.journal.append("warning", warnings=list[JSONValue](overdue))
-            self._tell("coldvault: attention", "\n".join(overdue))
+        # What needs someone to act is journaled and shown when it changes, and once a day
+        # while it lasts (not at every hourly check).
+        alerts = tuple(status.alerts)
+        now = time.monotonic()
+        if alerts and (alerts != self._alerts or now - self._alerted >= ALERT_REPEAT):
+            self.journal.append("warning", warnings=list[JSONValue](alerts))
+            self._tell("coldvault: attention", "\n".join(alerts))
+            self._alerted = now
+        self._alerts = alerts
 
     def _tell(self, summary: str, body: str) -> None:
         if self._notify is not None:

@@ -30,6 +30,9 @@ class Status:
     pending_by_source: list[tuple[str, int, int]]
     drives: list[DriveStatus]
     warnings: list[str] = field(default_factory=list)
+    alerts: list[str] = field(default_factory=list)
+    """The warnings that need someone to act (plug a drive in): the daemon journals them and
+    shows a desktop notification."""
 
     def to_dict(self) -> dict[str, object]:
         return {
@@ -42,6 +45,7 @@ class Status:
             ],
             "drives": [d.__dict__ for d in self.drives],
             "warnings": self.warnings,
+            "alerts": self.alerts,
         }
 
 
@@ -60,6 +64,7 @@ def compute_status(
     counts = catalog.counts()
     drives: list[DriveStatus] = []
     warnings: list[str] = []
+    alerts: list[str] = []
     for row in catalog.drives():
         items, size = catalog.drive_holdings(row.drive_id)
         seen = _parse(row.last_seen) or _parse(row.enrolled)
@@ -78,13 +83,13 @@ def compute_status(
             )
         )
         if elsewhere:
-            warnings.append(
+            alerts.append(
                 f"drive {row.name!r} lacks {elsewhere} file(s) that are no longer in the spool "
                 "(a copy found damaged or missing): plug it in together with another drive "
                 "that holds them, and sync"
             )
         if overdue and seen is not None:
-            warnings.append(
+            alerts.append(
                 f"drive {row.name!r} has not been plugged in for {(now - seen).days} days"
             )
     if len(drives) < copies:
@@ -94,7 +99,8 @@ def compute_status(
         )
     oldest = _parse(catalog.oldest_pending())
     if oldest is not None and now - oldest > limit:
-        warnings.append(f"documents have been waiting for a drive for {(now - oldest).days} days")
+        alerts.append(f"documents have been waiting for a drive for {(now - oldest).days} days")
+    warnings = alerts + warnings
     if counts["unsorted"]:
         warnings.append(
             f"{counts['unsorted']} document(s) in the unsorted inbox: file them with "
@@ -109,4 +115,5 @@ def compute_status(
         catalog.pending_sources(),
         drives,
         warnings,
+        alerts,
     )

@@ -605,6 +605,7 @@ def test_status_json_shape(cv: Cli) -> None:
         "pending",
         "drives",
         "warnings",
+        "alerts",
     }
     assert (st["patients"], st["documents"], st["unsorted"]) == (2, 3, 0)
     assert st["spool"]["objects"] >= 3 and st["spool"]["bytes"] > 6000

@@ -369,3 +369,28 @@ def test_plugged_ext4_drive_found_by_uuid_synced_and_unmounted(
         assert "drive-done" in events
         res = env.cli("verify", "--drive", "Ext", check=False)
         assert res.returncode == 0, res.stdout + res.stderr
+
+
+def test_overdue_drive_is_journaled_and_notified_once_not_every_hour(
+    env: VaultEnv, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A drive not plugged in for longer than ``drive_overdue_days``: a warning in the journal
+    and a desktop notification, repeated when the situation changes, not at every check."""
+    import coldvault.daemon as daemon_mod
+    from coldvault.catalog.db import Catalog
+
+    drive = tmp_path / "drive-A"
+    drive.mkdir()
+    assert env.cli_inprocess("drive", "enroll", str(drive), "--name", "A") == 0
+    with Catalog(env.vault.catalog_path) as cat, cat.transaction():
+        cat.conn.execute("UPDATE drives SET last_seen = '2020-01-01T00:00:00+00:00', enrolled = "
+                         "'2020-01-01T00:00:00+00:00'")  # fmt: skip
+    monkeypatch.setattr(daemon_mod, "CHECK_INTERVAL", 0.2)
+    with Running(env) as r:
+        wait_for("the overdue notification", lambda: r.told("has not been plugged in"), 20)
+        time.sleep(1.0)  # several more checks
+        assert len(r.told("has not been plugged in")) == 1
+        assert "'A' has not been plugged in for" in r.told("plugged")[0][1]
+    warnings = [e for e in env.journal_events() if e == "warning"]
+    assert len(warnings) == 1
+    assert env.status()["alerts"][0].startswith("drive 'A' has not been plugged in for")

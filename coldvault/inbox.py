@@ -10,7 +10,6 @@ longer matches the catalog's hash).
 
 from __future__ import annotations
 
-import hashlib
 import io
 import logging
 from collections.abc import Sequence
@@ -21,6 +20,7 @@ from coldvault import age, keys
 from coldvault.catalog.db import Catalog, DocumentRow
 from coldvault.errors import IntegrityError, NotAvailable
 from coldvault.fsutil import atomic_writer
+from coldvault.hashio import HashingReader, HashingWriter
 from coldvault.restore import Located, Restorer
 from coldvault.vault import Vault
 
@@ -63,27 +63,6 @@ def locate_inbox(
     return found
 
 
-class _Hashing(io.RawIOBase):
-    """Reads through ``src`` while hashing and counting."""
-
-    def __init__(self, src: BinaryIO) -> None:
-        super().__init__()
-        self._src = src
-        self.hash = hashlib.sha256()
-        self.size = 0
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, b: bytearray | memoryview) -> int:  # type: ignore[override]
-        data = self._src.read(len(b))
-        n = len(data)
-        b[:n] = data
-        self.hash.update(data)
-        self.size += n
-        return n
-
-
 def reseal_inbox(
     vault: Vault,
     catalog: Catalog,
@@ -100,10 +79,10 @@ def reseal_inbox(
         final = vault.spool / rel
         final.parent.mkdir(parents=True, exist_ok=True)
         with obj.located.open() as raw, atomic_writer(final, 0o600) as out:
-            src = _Hashing(raw)
+            src = HashingReader(raw)
             buffered = io.BufferedReader(src, CHUNK)
             plain = age.decrypt_reader(identities, cast(BinaryIO, buffered))
-            sink = _CountingSink(out)
+            sink = HashingWriter(out)
             with age.encrypt_writer([recipient], cast(BinaryIO, sink)) as enc:
                 while chunk := plain.read(CHUNK):
                     enc.write(chunk)
@@ -125,20 +104,3 @@ def reseal_inbox(
     if done:
         log.info("re-encrypted %d unsorted document(s) to the new master key", done)
     return done
-
-
-class _CountingSink(io.RawIOBase):
-    def __init__(self, dst: BinaryIO) -> None:
-        super().__init__()
-        self._dst = dst
-        self.hash = hashlib.sha256()
-        self.size = 0
-
-    def writable(self) -> bool:
-        return True
-
-    def write(self, data: bytes | bytearray | memoryview) -> int:  # type: ignore[override]
-        self._dst.write(data)
-        self.hash.update(data)
-        self.size += len(data)
-        return len(data)

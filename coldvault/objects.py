@@ -24,6 +24,7 @@ import zstandard
 from coldvault import age
 from coldvault.age.stream import ReadAhead, ThreadedWriter
 from coldvault.errors import AgeError, IntegrityError, UsageError
+from coldvault.hashio import HashingWriter
 
 OBJECT_FORMAT = 1
 META_NAME = "coldvault.json"
@@ -103,26 +104,6 @@ class ObjectResult:
     compressed: bool
 
 
-class _HashingWriter(io.RawIOBase):
-    """Passes writes to ``dst`` while hashing and counting them."""
-
-    def __init__(self, dst: BinaryIO) -> None:
-        super().__init__()
-        self._dst = dst
-        self.hash = hashlib.sha256()
-        self.size = 0
-
-    def writable(self) -> bool:
-        return True
-
-    def write(self, data: bytes | bytearray | memoryview) -> int:  # type: ignore[override]
-        self.hash.update(data)
-        self._dst.write(data)
-        n = len(data)
-        self.size += n
-        return n
-
-
 def _tar_header(name: str, size: int, mtime: float) -> bytes:
     info = tarfile.TarInfo(name)
     info.size = size
@@ -185,7 +166,7 @@ def write_object(
         cctx = zstandard.ZstdCompressor(
             level=level if compressed else STORE_LEVEL, write_checksum=True
         )
-    out = _HashingWriter(dst)
+    out = HashingWriter(dst)
     plain = hashlib.sha256()
     enc = age.encrypt_writer(recipients, cast(BinaryIO, out))
     # Exits run in reverse: zstd ends its frame into ``sink``, the worker (if any) finishes and

@@ -26,6 +26,7 @@ from coldvault import manifest as mf
 from coldvault.catalog.db import Catalog, DocumentRow, DriveRow
 from coldvault.drives import fsio, layout
 from coldvault.errors import ColdvaultError, DriveError, IntegrityError, NotAvailable, UsageError
+from coldvault.hashio import HashingReader
 from coldvault.vault import Vault
 
 log = logging.getLogger(__name__)
@@ -64,30 +65,6 @@ def place_file(tmp: Path, folder: Path, name: str, mtime: float | None = None) -
     raise UsageError(f"too many files named {name} in {folder}")
 
 
-class _HashingReader(io.RawIOBase):
-    def __init__(self, src: BinaryIO) -> None:
-        super().__init__()
-        self._src = src
-        self.hash = hashlib.sha256()
-        self.size = 0
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, b: bytearray | memoryview) -> int:  # type: ignore[override]
-        readinto = getattr(self._src, "readinto", None)
-        if readinto is None:
-            data = self._src.read(len(b))
-            n = len(data)
-            b[:n] = data
-        else:  # straight into the caller's buffer: one copy less per MiB
-            n = readinto(b) or 0
-        if n:
-            self.hash.update(memoryview(b)[:n])
-            self.size += n
-        return n
-
-
 @dataclass(frozen=True)
 class Located:
     where: str  # "spool" or a drive name
@@ -112,7 +89,7 @@ def decrypt_to_folder(
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
     try:
         with os.fdopen(fd, "wb") as out, opener() as raw:
-            hashing = _HashingReader(raw)
+            hashing = HashingReader(raw)
             src = io.BufferedReader(hashing, 1 << 20)
             opened = objects.read_object(cast(BinaryIO, src), identities, cast(BinaryIO, out))
             while src.read(1 << 20):  # the hash covers the whole file

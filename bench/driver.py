@@ -2,7 +2,7 @@
 tools it is compared with (interpreter start-up and imports included).
 
     python -m bench.driver create STATE [--classic]
-    python -m bench.driver ingest STATE LIST [--workers N] [--batch N]
+    python -m bench.driver ingest STATE LIST [--workers N] [--batch N]   (N: as the daemon)
     python -m bench.driver enroll STATE ROOT
     python -m bench.driver sync STATE ROOT
     python -m bench.driver restore STATE PATIENT OUT
@@ -27,6 +27,21 @@ PASSPHRASE = b"bench passphrase, not a secret"
 
 def _patient(path: Path) -> str:
     return path.name.split("_", 1)[0]
+
+
+def daemon_batch() -> int:
+    """The daemon's ``BATCH_MAX`` (files handed to one ``ingest_batch`` call), read from its
+    source: importing the daemon would add its imports to the timed start-up."""
+    import importlib.util
+    import re
+
+    spec = importlib.util.find_spec("coldvault.daemon")
+    try:
+        assert spec is not None and spec.origin is not None
+        m = re.search(r"^BATCH_MAX = (\d+)", Path(spec.origin).read_text(), re.M)
+        return int(m.group(1)) if m else 64
+    except (AssertionError, OSError):
+        return 64
 
 
 def cmd_create(a: argparse.Namespace) -> dict[str, Any]:
@@ -63,12 +78,13 @@ def cmd_ingest(a: argparse.Namespace) -> dict[str, Any]:
         ing = Ingestor(vault, catalog, workers=a.workers)
         t0 = time.perf_counter()
         try:
-            for i in range(0, len(files), a.batch):
+            batch = a.batch or daemon_batch()
+            for i in range(0, len(files), batch):
                 reqs = [
                     IngestRequest(
                         f, source="bench", patient_id=a.patient or _patient(f), kind="bench"
                     )
-                    for f in files[i : i + a.batch]
+                    for f in files[i : i + batch]
                 ]
                 for r in ing.ingest_batch(reqs):
                     if r.doc_id:
@@ -210,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("state")
     s.add_argument("list")
     s.add_argument("--workers", type=int, default=1)
-    s.add_argument("--batch", type=int, default=64)
+    s.add_argument("--batch", type=int, default=0, help="files per call (default: the daemon's)")
     s.add_argument("--patient", help="file every document under this patient id")
     s = sub.add_parser("enroll")
     s.add_argument("state")

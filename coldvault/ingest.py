@@ -16,15 +16,14 @@ import hashlib
 import logging
 import os
 import stat
-import threading
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import overload
 
-from coldvault import age, keys, objects
+from coldvault import age, fsutil, keys, objects
 from coldvault.catalog.db import Catalog
 from coldvault.catalog.sealing import Sealer
 from coldvault.errors import ColdvaultError, UsageError
@@ -34,6 +33,11 @@ from coldvault.vault import Vault
 
 log = logging.getLogger(__name__)
 
+
+# syncfs(2) commits the whole filesystem, folder entries included: fsyncing each folder after it
+# (one per object folder touched, ~one per file in a batch) only costs. Without syncfs, files
+# are fsynced one by one and their folders must be too.
+_SYNCFS_COVERS_FOLDERS = fsutil._SYNCFS is not None
 
 # Parsing a post-quantum recipient (1,950 characters of Bech32) costs milliseconds: once each.
 _recipient = functools.lru_cache(maxsize=4096)(age.parse_recipient)
@@ -77,15 +81,49 @@ class IngestResult:
     error: ColdvaultError | None = None
 
 
+#: A commit group (one syncfs, one catalog transaction) holds at most this many files...
+GROUP_FILES = 64
+#: ... and this many bytes of objects (a crash loses at most this much work).
+GROUP_BYTES = 256 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class _Job:
+    index: int  # in the caller's requests
+    request: IngestRequest
+    recipient: str
+    patient: int | None  # None: unsorted, or a patient new in this batch (see patient_ref)
+    patient_ref: str | None
+    source_key: str | None
+
+
 @dataclass
 class _Written:
+    index: int
     request: IngestRequest
     doc_id: str
     object_path: str
     patient: int | None
     patient_ref: str | None
+    source_key: str | None
     result: objects.ObjectResult
     fingerprint: str
+
+
+@dataclass
+class _Batch:
+    """New patients of one :meth:`Ingestor.ingest_batch` call: written, and once recorded, their
+    row ids."""
+
+    pending: dict[str, _NewPatient] = field(default_factory=dict)  # by lookup
+    recorded: dict[str, int] = field(default_factory=dict)  # key id -> patient row id
+
+
+def _size_hint(req: IngestRequest) -> int:
+    try:
+        return os.stat(req.path, follow_symlinks=False).st_size
+    except OSError:
+        return 0
 
 
 @dataclass(frozen=True)
@@ -114,14 +152,13 @@ class Ingestor:
         self.workers = max(1, workers)
         self._master = vault.master_recipient()
         self._sealer = Sealer(catalog.conn, self._master, vault.info.master_generation)
-        self._pool = ThreadPoolExecutor(self.workers) if self.workers > 1 else None
-        self._lock = threading.Lock()
+        # Even with one worker, the calling thread prepares and records while it writes.
+        self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="coldvault-ingest")
         private_dir(vault.spool / "objects")
         private_dir(vault.spool / "keys")
 
     def close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=True)
+        self._pool.shutdown(wait=True)
 
     # --- patients ------------------------------------------------------------------------
     @overload
@@ -194,9 +231,8 @@ class Ingestor:
         )
 
     # --- documents -----------------------------------------------------------------------
-    def _write_one(
-        self, req: IngestRequest, recipient: str, patient: int | None, ref: str | None
-    ) -> _Written:
+    def _write_one(self, job: _Job) -> _Written:
+        req, ref = job.request, job.patient_ref
         try:
             if req.root is not None and req.relpath is not None:
                 fd = open_beneath(req.root, req.relpath)
@@ -235,21 +271,27 @@ class Ingestor:
                     src,
                     st.st_size,
                     meta,
-                    [_recipient(recipient)],
+                    [_recipient(job.recipient)],
                     dst,
                 )
             # Changed while read (same size, new mtime)? Then this copy is not trustworthy.
             if fingerprint_of(os.fstat(fd)) != fp:
                 os.unlink(final)
                 raise UsageError("the file changed while it was being archived")
-        return _Written(req, doc_id, rel, patient, ref, result, fp)
+        return _Written(job.index, req, doc_id, rel, job.patient, ref, job.source_key, result, fp)
 
     def ingest_batch(
         self,
         requests: Sequence[IngestRequest],
         progress: Callable[[IngestResult], None] | None = None,
     ) -> list[IngestResult]:
-        """Archive a batch; every request gets a result (archived, skipped or error).
+        """Archive files; every request gets a result (archived, skipped or error), in order.
+
+        Files are recorded in commit groups of at most :data:`GROUP_FILES` files and
+        :data:`GROUP_BYTES` bytes, in the order they finish: one ``syncfs`` then one catalog
+        transaction per group, while the workers go on with the next files (a big file does not
+        hold back the small ones, nor leave the other workers idle while a group is recorded).
+        ``progress`` is called for each result once it is final.
 
         The batch holds the vault's rotation lock (shared) and follows a master rotated by a
         purge since the last batch, so nothing is ever sealed to a master being replaced."""
@@ -267,103 +309,156 @@ class Ingestor:
         requests: Sequence[IngestRequest],
         progress: Callable[[IngestResult], None] | None,
     ) -> list[IngestResult]:
-        results: list[IngestResult] = []
-        jobs: list[tuple[IngestRequest, str, int | None, str | None]] = []
-        pending: dict[str, _NewPatient] = {}
-        for req in requests:
-            try:
-                if req.relpath is not None and req.fingerprint is not None:
-                    skey = self.vault.lookup("source", f"{req.source}\0{req.relpath}")
-                    if self.catalog.is_archived(skey, req.fingerprint):
-                        results.append(IngestResult(req, skipped="already archived"))
-                        continue
-                if req.patient_id is not None:
-                    pid, ref, recipient = self.patient_for(req.patient_id, pending)
-                    jobs.append((req, recipient, pid, ref))
-                else:
-                    jobs.append((req, self.vault.info.master_recipient, None, None))
-            except ColdvaultError as exc:
-                results.append(IngestResult(req, error=exc))
-        written: list[_Written] = []
+        results: list[IngestResult | None] = [None] * len(requests)
 
-        def run(job: tuple[IngestRequest, str, int | None, str | None]) -> _Written | IngestResult:
-            try:
-                return self._write_one(*job)
-            except ColdvaultError as exc:
-                return IngestResult(job[0], error=exc)
-            except OSError as exc:
-                return IngestResult(
-                    job[0], error=UsageError(f"cannot archive: {exc.strerror or exc}")
-                )
-
-        outcomes = list(self._pool.map(run, jobs)) if self._pool else [run(j) for j in jobs]
-        for out in outcomes:
-            if isinstance(out, IngestResult):
-                results.append(out)
-            else:
-                written.append(out)
-        new_keys = {p.key_id: p for p in pending.values()}
-        used = {w.patient_ref for w in written if w.patient is None and w.patient_ref}
-        for p in new_keys.values():
-            if p.key_id not in used:  # no document of it was archived: never recorded
-                (self.vault.spool / p.path).unlink(missing_ok=True)
-        if written:
-            self._sync_spool(written, [new_keys[k].path for k in used])
-            with self.catalog.transaction():
-                # New patients first, in the same transaction as their documents: a key is
-                # recorded exactly when documents encrypted to it are.
-                rows = {k: self._record_patient(new_keys[k]) for k in sorted(used)}
-                for w in written:
-                    req = w.request
-                    skey2: str | None = (
-                        self.vault.lookup("source", f"{req.source}\0{req.relpath}")
-                        if req.relpath is not None
-                        else None
-                    )
-                    self.catalog.add_document(
-                        doc_id=w.doc_id,
-                        patient=rows[w.patient_ref]
-                        if w.patient is None and w.patient_ref
-                        else w.patient,
-                        object_path=w.object_path,
-                        object_size=w.result.size,
-                        object_sha256=w.result.sha256,
-                        source=req.source,
-                        kind=req.kind,
-                        doc_date=req.doc_date.isoformat() if req.doc_date else None,
-                        size=w.result.meta.size,
-                        sha256=w.result.meta.sha256,
-                        sealed_name=self._sealer.seal(req.path.name),
-                        source_key=skey2,
-                        fingerprint=w.fingerprint,
-                        delete_source=(req.source, req.relpath)
-                        if req.delete_source and req.relpath is not None
-                        else None,
-                    )
-            for w in written:
-                results.append(
-                    IngestResult(
-                        w.request,
-                        w.doc_id,
-                        w.object_path,
-                        w.patient_ref,
-                        w.result.meta.size,
-                        w.result.size,
-                        w.result.compressed,
-                    )
-                )
-        if progress is not None:
-            for r in results:
+        def done(i: int, r: IngestResult) -> None:
+            results[i] = r
+            if progress is not None:
                 progress(r)
-        return results
+
+        batch = _Batch()
+        group: list[_Written] = []
+        group_bytes = 0
+
+        def commit() -> None:
+            nonlocal group_bytes
+            if group:
+                for w, r in self._commit_group(group, batch):
+                    done(w.index, r)
+            group.clear()
+            group_bytes = 0
+
+        def finished(out: _Written | IngestResult, index: int) -> None:
+            nonlocal group_bytes
+            if isinstance(out, IngestResult):
+                done(index, out)
+                return
+            group.append(out)
+            group_bytes += out.result.size
+            if len(group) >= GROUP_FILES or group_bytes >= GROUP_BYTES:
+                commit()
+
+        # Biggest first: a big file started last would keep one worker busy while the others
+        # wait for it. Each file goes to the workers as soon as its patient is known; the
+        # calling thread then records groups as they finish, while the workers go on.
+        order = list(range(len(requests)))
+        if len(order) > 1:
+            order.sort(key=lambda i: _size_hint(requests[i]), reverse=True)
+        futures: dict[Future[_Written | IngestResult], int] = {}
+        # On an error, unrecorded key files and objects stay: clean_spool removes them at the
+        # next start (after a failed commit only the catalog, read again, says what it holds).
+        try:
+            for i in order:
+                job = self._prepare(i, requests[i], batch)
+                if isinstance(job, IngestResult):
+                    done(i, job)
+                else:
+                    futures[self._pool.submit(self._run, job)] = i
+            waiting = set(futures)
+            while waiting:
+                ready, waiting = wait(waiting, return_when=FIRST_COMPLETED)
+                for fut in sorted(ready, key=futures.__getitem__):
+                    finished(fut.result(), futures[fut])
+        finally:  # on an error, no worker goes on writing once this returns
+            for fut in futures:
+                fut.cancel()
+            wait(futures)
+        commit()
+        for new in batch.pending.values():
+            if new.key_id not in batch.recorded:  # no document of it was archived
+                (self.vault.spool / new.path).unlink(missing_ok=True)
+        return [r for r in results if r is not None]
+
+    def _prepare(self, index: int, req: IngestRequest, batch: _Batch) -> _Job | IngestResult:
+        """The job of a request, or its result if there is nothing to write."""
+        try:
+            skey: str | None = None
+            if req.relpath is not None:
+                skey = self.vault.lookup("source", f"{req.source}\0{req.relpath}")
+                if req.fingerprint is not None and self.catalog.is_archived(skey, req.fingerprint):
+                    return IngestResult(req, skipped="already archived")
+            if req.patient_id is not None:
+                pid, ref, recipient = self.patient_for(req.patient_id, batch.pending)
+            else:
+                pid, ref, recipient = None, None, self.vault.info.master_recipient
+        except ColdvaultError as exc:
+            return IngestResult(req, error=exc)
+        return _Job(index, req, recipient, pid, ref, skey)
+
+    def _run(self, job: _Job) -> _Written | IngestResult:
+        try:
+            return self._write_one(job)
+        except ColdvaultError as exc:
+            return IngestResult(job.request, error=exc)
+        except OSError as exc:
+            return IngestResult(
+                job.request, error=UsageError(f"cannot archive: {exc.strerror or exc}")
+            )
+
+    def _commit_group(
+        self, group: Sequence[_Written], batch: _Batch
+    ) -> list[tuple[_Written, IngestResult]]:
+        """One syncfs, then one transaction: the group's objects, and the new patients whose
+        first documents are in it (a key is recorded with the documents encrypted to it).
+        Documents are recorded in the order of the requests."""
+        group = sorted(group, key=lambda w: w.index)
+        new_keys = sorted(
+            {w.patient_ref for w in group if w.patient is None and w.patient_ref}
+            - batch.recorded.keys()
+        )
+        by_key = {p.key_id: p for p in batch.pending.values()}
+        self._sync_spool(group, [by_key[k].path for k in new_keys])
+        with self.catalog.transaction():
+            rows = {k: self._record_patient(by_key[k]) for k in new_keys}
+            for w in group:
+                req = w.request
+                patient = w.patient
+                if patient is None and w.patient_ref is not None:
+                    ref = w.patient_ref
+                    patient = rows[ref] if ref in rows else batch.recorded[ref]
+                self.catalog.add_document(
+                    doc_id=w.doc_id,
+                    patient=patient,
+                    object_path=w.object_path,
+                    object_size=w.result.size,
+                    object_sha256=w.result.sha256,
+                    source=req.source,
+                    kind=req.kind,
+                    doc_date=req.doc_date.isoformat() if req.doc_date else None,
+                    size=w.result.meta.size,
+                    sha256=w.result.meta.sha256,
+                    sealed_name=self._sealer.seal(req.path.name),
+                    source_key=w.source_key,
+                    fingerprint=w.fingerprint,
+                    delete_source=(req.source, req.relpath)
+                    if req.delete_source and req.relpath is not None
+                    else None,
+                )
+        batch.recorded.update(rows)
+        return [
+            (
+                w,
+                IngestResult(
+                    w.request,
+                    w.doc_id,
+                    w.object_path,
+                    w.patient_ref,
+                    w.result.meta.size,
+                    w.result.size,
+                    w.result.compressed,
+                ),
+            )
+            for w in group
+        ]
 
     def _sync_spool(self, written: Sequence[_Written], new_keys: Sequence[str] = ()) -> None:
         """Make the batch's objects and new patient key files durable (one ``syncfs``)."""
         paths = [self.vault.spool / rel for rel in new_keys]
         paths += [self.vault.spool / w.object_path for w in written]
         syncfs(self.vault.spool, paths)
-        for folder in {p.parent for p in paths}:
-            fsync_dir(folder)
+        if not _SYNCFS_COVERS_FOLDERS:
+            for folder in {p.parent for p in paths}:
+                fsync_dir(folder)
 
 
 def clean_spool(vault: Vault, catalog: Catalog) -> int:

@@ -1,0 +1,147 @@
+"""Parallel ingest: files go to the workers biggest first, and are recorded in commit groups
+(one syncfs, one transaction each) as they finish; results stay one per request, in order."""
+
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+
+import pytest
+
+from coldvault import ingest, keys, objects
+from coldvault.catalog.db import Catalog
+from coldvault.ingest import Ingestor, IngestRequest, IngestResult, clean_spool, fingerprint_of
+from tests.helpers import PASSPHRASE, make_vault
+
+
+def _write(path: Path, data: bytes) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return path
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_results_in_request_order_and_commit_groups(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, workers: int
+) -> None:
+    monkeypatch.setattr(ingest, "GROUP_FILES", 3)
+    vault = make_vault(tmp_path).vault
+    src = tmp_path / "src"
+    # Patient 7's documents span several groups (the biggest goes first, the smallest last).
+    sizes = [50_000, 10, 300_000, 20, 4_000, 70_000, 1, 9_000]
+    files = [
+        _write(src / f"{7 if i % 2 else 8}_{i}.pdf", os.urandom(n)) for i, n in enumerate(sizes)
+    ]
+    skipped = _write(src / "7_done.pdf", b"archived before")
+    missing = src / "7_missing.pdf"
+    syncs: list[int] = []
+    seen: list[IngestResult] = []
+    with Catalog(vault.catalog_path) as cat:
+        ing = Ingestor(vault, cat, workers=workers)
+
+        def req(p: Path) -> IngestRequest:
+            fp = fingerprint_of(p.stat()) if p.exists() else None
+            return IngestRequest(p, source="s", relpath=p.name, patient_id="7"
+                                 if p.name.startswith("7") else "8", fingerprint=fp)  # fmt: skip
+
+        assert ing.ingest_batch([req(skipped)])[0].doc_id
+        real_sync = Ingestor._sync_spool
+
+        def counting_sync(self: Ingestor, written: list[object], *a: object) -> None:
+            syncs.append(len(written))
+            real_sync(self, written, *a)  # type: ignore[arg-type]
+
+        monkeypatch.setattr(Ingestor, "_sync_spool", counting_sync)
+        reqs = [
+            req(files[0]),
+            req(skipped),
+            *map(req, files[1:4]),
+            req(missing),
+            *map(req, files[4:]),
+        ]
+        results = ing.ingest_batch(reqs, progress=seen.append)
+        ing.close()
+        assert [r.request for r in results] == reqs
+        assert sorted(map(id, seen)) == sorted(map(id, results))  # once each
+        assert results[1].skipped == "already archived"
+        assert results[5].error is not None
+        archived = [r for r in results if r.doc_id]
+        assert len(archived) == len(files)
+        assert syncs == [3, 3, 2], "groups of at most GROUP_FILES, each synced once"
+        # One key per patient, recorded once, whatever group its documents fell in.
+        assert len(cat.patients()) == 2
+        assert len(list((vault.spool / "keys").iterdir())) == 2
+        assert {r.patient_ref for r in archived} == {p.key_id for p in cat.patients()}
+        master = vault.unlock(PASSPHRASE)
+        for r in archived:
+            doc = cat.documents(doc_id=r.doc_id)[0]
+            assert doc.key_id == r.patient_ref
+            key = keys.open_patient_key(
+                (vault.spool / "keys" / f"{doc.key_id}.age").read_bytes(), [master]
+            )
+            assert key.identity is not None
+            out = io.BytesIO()
+            with open(vault.spool / doc.object_path, "rb") as f:
+                objects.read_object(f, [key.identity], out)
+            assert out.getvalue() == r.request.path.read_bytes()
+        assert clean_spool(vault, cat) == 0
+
+
+def test_biggest_first(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    vault = make_vault(tmp_path).vault
+    files = [_write(tmp_path / f"1_{n}.pdf", os.urandom(n)) for n in (10, 5000, 100, 90_000)]
+    order: list[int] = []
+    real = Ingestor._write_one
+
+    def recording(self: Ingestor, job: ingest._Job) -> ingest._Written:
+        order.append(job.request.path.stat().st_size)
+        return real(self, job)
+
+    monkeypatch.setattr(Ingestor, "_write_one", recording)
+    with Catalog(vault.catalog_path) as cat:
+        ing = Ingestor(vault, cat, workers=1)
+        assert all(
+            r.doc_id for r in ing.ingest_batch([IngestRequest(f, patient_id="1") for f in files])
+        )
+        ing.close()
+    assert order == [90_000, 5000, 100, 10]
+
+
+class Boom(Exception):
+    pass
+
+
+def test_failed_group_commit_leaves_no_worker_writing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A commit that fails stops the call: files not started are not written, none is being
+    written once it returns, and the next start removes what was not recorded."""
+    monkeypatch.setattr(ingest, "GROUP_FILES", 2)
+    vault = make_vault(tmp_path).vault
+    files = [_write(tmp_path / f"{i % 3}_{i}.pdf", os.urandom(2000 + i)) for i in range(12)]
+
+    def failing_add_document(*a: object, **k: object) -> None:
+        raise Boom()
+
+    with Catalog(vault.catalog_path) as cat:
+        ing = Ingestor(vault, cat, workers=2)
+        monkeypatch.setattr(cat, "add_document", failing_add_document)
+        with pytest.raises(Boom):
+            ing.ingest_batch([IngestRequest(f, patient_id=f.name[0]) for f in files])
+        # Once it returned, no worker is writing: no half-written file, nothing appears later.
+        assert not list(vault.spool.rglob(".tmp-*"))
+        written = len(list((vault.spool / "objects").rglob("*.age")))
+        keys_left = len(list((vault.spool / "keys").iterdir()))
+        assert 2 <= written <= len(files) and 1 <= keys_left <= 3
+        monkeypatch.undo()
+        assert cat.documents() == [] and cat.patients() == []
+        assert clean_spool(vault, cat) == written + keys_left
+        assert list((vault.spool / "objects").rglob("*.age")) == []
+        assert list((vault.spool / "keys").iterdir()) == []
+        # Archived again from the untouched sources, each once, with consistent keys.
+        results = ing.ingest_batch([IngestRequest(f, patient_id=f.name[0]) for f in files])
+        ing.close()
+        assert all(r.doc_id for r in results)
+        assert len(cat.documents()) == len(files) and len(cat.patients()) == 3
+        assert len(list((vault.spool / "keys").iterdir())) == 3

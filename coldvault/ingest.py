@@ -462,7 +462,16 @@ class Ingestor:
 
 
 def clean_spool(vault: Vault, catalog: Catalog) -> int:
-    """Remove spool files the catalog does not know (left by a crash before recording)."""
+    """Remove spool files the catalog does not know (left by a crash before recording).
+
+    An ingest batch of another process holds the rotation lock (shared) from its first key
+    file to its last commit: taken exclusively here, no file of a batch in flight is mistaken
+    for a crash's leftover (a new patient's key file is recorded only with the batch)."""
+    with vault.rotation_lock(exclusive=True):
+        return _clean_spool(vault, catalog)
+
+
+def _clean_spool(vault: Vault, catalog: Catalog) -> int:
     removed = 0
     keys_dir = vault.spool / "keys"
     if keys_dir.is_dir():
@@ -472,7 +481,7 @@ def clean_spool(vault: Vault, catalog: Catalog) -> int:
                 removed += 1
     objects_dir = vault.spool / "objects"
     if not objects_dir.is_dir():
-        return 0
+        return removed
     for sub in objects_dir.iterdir():
         if not sub.is_dir():
             continue

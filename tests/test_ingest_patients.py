@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import io
 import os
+import threading
 from pathlib import Path
 
 import pytest
 
-from coldvault import fsutil, keys, objects
+from coldvault import fsutil, ingest, keys, objects
 from coldvault.catalog.db import Catalog
 from coldvault.ingest import Ingestor, IngestRequest, clean_spool
 from coldvault.vault import Vault
@@ -169,3 +170,32 @@ def test_purged_patient_gets_a_new_key_in_the_batch(tmp_path: Path) -> None:
         assert len(rows) == 2
         current = cat.patient_by_lookup(vault.lookup("patient", "42"))
         assert current is not None and current.key_id == r2.patient_ref and not current.purged
+
+
+def test_clean_spool_waits_for_a_batch_in_flight(tmp_path: Path) -> None:
+    """A daemon starting while another process's batch has written a new patient's key (not
+    recorded yet) must not take that key for a crash's leftover."""
+    vault = make_vault(tmp_path).vault
+    removed: list[int] = []
+
+    def starting_daemon() -> None:
+        with Catalog(vault.catalog_path) as other:
+            removed.append(clean_spool(vault, other))
+
+    with Catalog(vault.catalog_path) as cat:
+        ing = Ingestor(vault, cat)
+        pending: dict[str, ingest._NewPatient] = {}
+        with vault.rotation_lock(exclusive=False):  # what ingest_batch holds
+            _, key_id, _ = ing.patient_for("5", pending)
+            t = threading.Thread(target=starting_daemon)
+            t.start()
+            t.join(0.5)
+            assert t.is_alive(), "clean_spool did not wait for the batch"
+            assert _key_files(vault) == [f"{key_id}.age"]
+            with cat.transaction():  # the batch records its patient with its documents
+                (new,) = pending.values()
+                ing._record_patient(new)
+        t.join(10)
+        ing.close()
+    assert removed == [0]
+    assert _key_files(vault) == [f"{key_id}.age"]

@@ -26,7 +26,7 @@ from coldvault.drives import layout
 from coldvault.drives.events import DriveEvent, DriveSource, DriveWatcher, choose_source
 from coldvault.drives.station import Station
 from coldvault.errors import ColdvaultError
-from coldvault.ingest import Ingestor, IngestRequest, clean_spool
+from coldvault.ingest import STOPPING, Ingestor, IngestRequest, clean_spool
 from coldvault.journal import Journal, JSONValue
 from coldvault.sources.settle import Fingerprint
 from coldvault.sources.watch import ReadyFile, watcher_from_config
@@ -35,7 +35,7 @@ from coldvault.vault import Vault
 
 log = logging.getLogger(__name__)
 
-BATCH_MAX = 64
+BATCH_MAX = 256  # ready files handed to one ingest call (a backlog keeps the workers busy)
 CHECK_INTERVAL = 3600.0
 ALERT_REPEAT = 24 * 3600.0  # an unchanged alert is repeated once a day
 RETRY_SECONDS = 30.0
@@ -183,7 +183,12 @@ class Daemon:
                     root=Path(rf.root),
                 )
             )
-        results = ingestor.ingest_batch(requests)
+        # A stop request (SIGTERM, SIGINT) lets the files being written finish; the others
+        # stay in their folders for the next start.
+        results = ingestor.ingest_batch(requests, should_stop=self._stop.is_set)
+        left = sum(1 for r in results if r.skipped == STOPPING)
+        if left:
+            log.info("stopping: %d file(s) left for the next start", left)
         archived = [r for r in results if r.doc_id]
         by_path = {rf.path: rf for rf in batch}
         for r in results:

@@ -43,6 +43,12 @@ _SYNCFS_COVERS_FOLDERS = fsutil._SYNCFS is not None
 _recipient = functools.lru_cache(maxsize=4096)(age.parse_recipient)
 
 
+#: The result of a file not started because the daemon is stopping.
+STOPPING = "stopping"
+#: How often a batch checks ``should_stop`` while it waits for its workers (seconds).
+STOP_POLL = 0.2
+
+
 def object_path(object_id: str) -> str:
     return f"objects/{object_id[:2]}/{object_id}.age"
 
@@ -284,8 +290,13 @@ class Ingestor:
         self,
         requests: Sequence[IngestRequest],
         progress: Callable[[IngestResult], None] | None = None,
+        should_stop: Callable[[], bool] | None = None,
     ) -> list[IngestResult]:
         """Archive files; every request gets a result (archived, skipped or error), in order.
+
+        Once ``should_stop()`` is true (the daemon was asked to stop), files not started yet are
+        skipped ("stopping": still in their source folder, taken at the next start); the files
+        being written are finished and recorded.
 
         Files are recorded in commit groups of at most :data:`GROUP_FILES` files and
         :data:`GROUP_BYTES` bytes, in the order they finish: one ``syncfs`` then one catalog
@@ -302,12 +313,13 @@ class Ingestor:
                 self._sealer = Sealer(
                     self.catalog.conn, self._master, self.vault.info.master_generation
                 )
-            return self._ingest_batch(requests, progress)
+            return self._ingest_batch(requests, progress, should_stop)
 
     def _ingest_batch(
         self,
         requests: Sequence[IngestRequest],
         progress: Callable[[IngestResult], None] | None,
+        should_stop: Callable[[], bool] | None = None,
     ) -> list[IngestResult]:
         results: list[IngestResult | None] = [None] * len(requests)
 
@@ -347,8 +359,12 @@ class Ingestor:
         futures: dict[Future[_Written | IngestResult], int] = {}
         # On an error, unrecorded key files and objects stay: clean_spool removes them at the
         # next start (after a failed commit only the catalog, read again, says what it holds).
+        stopping = should_stop or (lambda: False)
         try:
             for i in order:
+                if stopping():
+                    done(i, IngestResult(requests[i], skipped=STOPPING))
+                    continue
                 job = self._prepare(i, requests[i], batch)
                 if isinstance(job, IngestResult):
                     done(i, job)
@@ -356,9 +372,13 @@ class Ingestor:
                     futures[self._pool.submit(self._run, job)] = i
             waiting = set(futures)
             while waiting:
-                ready, waiting = wait(waiting, return_when=FIRST_COMPLETED)
+                ready, waiting = wait(waiting, timeout=STOP_POLL, return_when=FIRST_COMPLETED)
                 for fut in sorted(ready, key=futures.__getitem__):
                     finished(fut.result(), futures[fut])
+                if waiting and stopping():
+                    for fut in [f for f in waiting if f.cancel()]:  # not started yet
+                        waiting.discard(fut)
+                        done(futures[fut], IngestResult(requests[futures[fut]], skipped=STOPPING))
         finally:  # on an error, no worker goes on writing once this returns
             for fut in futures:
                 fut.cancel()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
@@ -16,6 +17,10 @@ from coldvault.cli.common import (
     passphrase_file_option,
 )
 from coldvault.errors import NotAvailable, UsageError
+
+if TYPE_CHECKING:
+    from coldvault import keys
+    from coldvault.catalog.db import Catalog
 
 
 def _progress(what: str, done: int, total: int) -> None:
@@ -130,13 +135,13 @@ def restore(
     return 0
 
 
-def _document_names(catalog: object, master: object, doc_ids: list[str]) -> dict[str, str]:
+def _document_names(
+    catalog: Catalog, master: keys.AnyIdentity, doc_ids: list[str]
+) -> dict[str, str]:
     """The original names of documents (sealed in the catalog), for messages."""
-    from coldvault.catalog.db import Catalog
     from coldvault.catalog.sealing import Opener
 
-    assert isinstance(catalog, Catalog)
-    opener = Opener(catalog.conn, [master])  # type: ignore[list-item]
+    opener = Opener(catalog.conn, [master])
     out: dict[str, str] = {}
     for d in doc_ids:
         rows = catalog.documents(doc_id=d)

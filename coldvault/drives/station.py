@@ -416,9 +416,7 @@ class Station:
             for drive_id in self.catalog.holders(rel, sha):
                 src = others[drive_id] / rel if drive_id in others else None
                 if src is not None and fsio.object_parts(src.parent, src.name):
-                    found.append(
-                        (item, lambda s=src: fsio.open_object(s.parent, s.name))  # type: ignore[misc]
-                    )
+                    found.append((item, _object_opener(src)))
                     break
         if found:
             log.info("drive %s: %d file(s) to copy from other drives", row.name, len(found))
@@ -579,6 +577,15 @@ class Station:
 def _file_opener(path: Path) -> Opener:
     def opener() -> BinaryIO:
         return path.open("rb")
+
+    return opener
+
+
+def _object_opener(path: Path) -> Opener:
+    """Opens an object on a drive, over its parts if it is split."""
+
+    def opener() -> BinaryIO:
+        return fsio.open_object(path.parent, path.name)
 
     return opener
 

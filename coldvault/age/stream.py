@@ -36,7 +36,26 @@ def _chunk_nonce(counter: int, last: bool) -> bytes:
     return counter.to_bytes(11, "big") + (b"\x01" if last else b"\x00")
 
 
-class EncryptWriter(io.RawIOBase):
+class _AbortOnError(io.RawIOBase):
+    """A writer that, left by an exception inside its ``with`` block, aborts instead of
+    closing: an error must never seal a valid, shorter file."""
+
+    def abort(self) -> None:
+        raise NotImplementedError
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if exc_type is not None:
+            self.abort()
+        else:
+            self.close()
+
+
+class EncryptWriter(_AbortOnError):
     """A write-only stream that encrypts what it is given into ``dst``.
 
     The payload nonce must already be written by the caller (see :func:`coldvault.age.encrypt`).
@@ -91,18 +110,6 @@ class EncryptWriter(io.RawIOBase):
         self._buf.clear()
         super().close()
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        # An exception inside ``with encrypt_writer(...)`` must not seal a valid, shorter file.
-        if exc_type is not None:
-            self.abort()
-        else:
-            self.close()
-
     def close(self) -> None:
         if not self._finished and not self.closed:
             self._seal(self._buf, last=True)
@@ -111,7 +118,7 @@ class EncryptWriter(io.RawIOBase):
         super().close()
 
 
-class ThreadedWriter(io.RawIOBase):
+class ThreadedWriter(_AbortOnError):
     """Hands what is written to a worker thread that writes it to ``target``.
 
     For big objects: the worker encrypts (``target`` is an :class:`EncryptWriter`), hashes and
@@ -180,18 +187,6 @@ class ThreadedWriter(io.RawIOBase):
             if self._error is not None:
                 raise self._error
         super().close()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        if exc_type is not None:
-            self.abort()
-        else:
-            self.close()
-
 
 class DecryptReader(io.RawIOBase):
     """A read-only stream of the plaintext of an age payload read from ``src``.

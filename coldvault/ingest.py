@@ -15,9 +15,10 @@ import functools
 import hashlib
 import logging
 import os
+import queue
 import stat
 from collections.abc import Callable, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -357,6 +358,10 @@ class Ingestor:
         if len(order) > 1:
             order.sort(key=lambda i: _size_hint(requests[i]), reverse=True)
         futures: dict[Future[_Written | IngestResult], int] = {}
+        # Finished futures arrive here, in the order they finish: one hand-over per file, where
+        # waiting on the set of pending futures would cost the calling thread (and, through the
+        # GIL, the workers) time proportional to the batch for every file.
+        arrived: queue.SimpleQueue[Future[_Written | IngestResult]] = queue.SimpleQueue()
         # On an error, unrecorded key files and objects stay: clean_spool removes them at the
         # next start (after a failed commit only the catalog, read again, says what it holds).
         stopping = should_stop or (lambda: False)
@@ -369,16 +374,29 @@ class Ingestor:
                 if isinstance(job, IngestResult):
                     done(i, job)
                 else:
-                    futures[self._pool.submit(self._run, job)] = i
-            waiting = set(futures)
-            while waiting:
-                ready, waiting = wait(waiting, timeout=STOP_POLL, return_when=FIRST_COMPLETED)
+                    fut = self._pool.submit(self._run, job)
+                    futures[fut] = i
+                    fut.add_done_callback(arrived.put)
+            left = len(futures)
+            cancelled = False
+            while left:
+                try:
+                    ready = [arrived.get(timeout=STOP_POLL)]
+                except queue.Empty:
+                    ready = []
+                while not arrived.empty():
+                    ready.append(arrived.get_nowait())
                 for fut in sorted(ready, key=futures.__getitem__):
-                    finished(fut.result(), futures[fut])
-                if waiting and stopping():
-                    for fut in [f for f in waiting if f.cancel()]:  # not started yet
-                        waiting.discard(fut)
-                        done(futures[fut], IngestResult(requests[futures[fut]], skipped=STOPPING))
+                    left -= 1
+                    i = futures[fut]
+                    if fut.cancelled():  # not started: the daemon is stopping
+                        done(i, IngestResult(requests[i], skipped=STOPPING))
+                    else:
+                        finished(fut.result(), i)
+                if left and not cancelled and stopping():
+                    cancelled = True
+                    for fut in futures:
+                        fut.cancel()  # only those not started yet
         finally:  # on an error, no worker goes on writing once this returns
             for fut in futures:
                 fut.cancel()

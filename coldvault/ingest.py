@@ -124,6 +124,8 @@ class _Batch:
 
     pending: dict[str, _NewPatient] = field(default_factory=dict)  # by lookup
     recorded: dict[str, int] = field(default_factory=dict)  # key id -> patient row id
+    # Patients already in the catalog, by patient id: one catalog query per patient per batch.
+    known: dict[str, tuple[int, str, str]] = field(default_factory=dict)
 
 
 def _size_hint(req: IngestRequest) -> int:
@@ -411,12 +413,19 @@ class Ingestor:
         """The job of a request, or its result if there is nothing to write."""
         try:
             skey: str | None = None
+            pid: int | None
             if req.relpath is not None:
                 skey = self.vault.lookup("source", f"{req.source}\0{req.relpath}")
                 if req.fingerprint is not None and self.catalog.is_archived(skey, req.fingerprint):
                     return IngestResult(req, skipped="already archived")
             if req.patient_id is not None:
-                pid, ref, recipient = self.patient_for(req.patient_id, batch.pending)
+                known = batch.known.get(req.patient_id)
+                if known is not None:
+                    pid, ref, recipient = known
+                else:
+                    pid, ref, recipient = self.patient_for(req.patient_id, batch.pending)
+                    if pid is not None:
+                        batch.known[req.patient_id] = (pid, ref, recipient)
             else:
                 pid, ref, recipient = None, None, self.vault.info.master_recipient
         except ColdvaultError as exc:

@@ -15,8 +15,9 @@ import json
 import os
 import secrets
 import tarfile
+import threading
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, fields, replace
 from typing import BinaryIO, cast
 
 import zstandard
@@ -77,7 +78,9 @@ class DocumentMeta:
     format: int = OBJECT_FORMAT
 
     def to_json(self) -> bytes:
-        return json.dumps(asdict(self), sort_keys=True, ensure_ascii=False).encode("utf-8")
+        # Every field is a str, number or None: no need for asdict()'s deep copy.
+        raw = {f.name: getattr(self, f.name) for f in fields(self)}
+        return json.dumps(raw, sort_keys=True, ensure_ascii=False).encode("utf-8")
 
     @classmethod
     def from_json(cls, data: bytes) -> DocumentMeta:
@@ -105,13 +108,35 @@ class ObjectResult:
 
 
 def _tar_header(name: str, size: int, mtime: float) -> bytes:
+    """The header of a regular file, as ``tarfile`` writes it in PAX format: a plain ustar block
+    when the name is ASCII and fits and the numbers fit in their octal fields (built here
+    directly, ~20x faster: it counts for small documents), else with a PAX extended header."""
+    seconds = int(mtime)
+    if name.isascii() and len(name) <= 100 and 0 <= size < _OCTAL11 and 0 <= seconds < _OCTAL11:
+        head = b"%s%s%011o\0%011o\0" % (
+            name.encode("ascii").ljust(100, b"\0"),
+            _MODE_IDS,
+            size,
+            seconds,
+        )
+        checksum = sum(head) + _CHECKSUM_REST
+        return head + b"%06o\0 " % checksum + _USTAR_TAIL
     info = tarfile.TarInfo(name)
     info.size = size
-    info.mtime = int(mtime)
+    info.mtime = seconds
     info.mode = 0o600
     info.type = tarfile.REGTYPE
     info.uname = info.gname = ""
     return info.tobuf(format=tarfile.PAX_FORMAT, encoding="utf-8", errors="surrogateescape")
+
+
+_OCTAL11 = 8**11  # the largest size and mtime a ustar field holds, plus one
+_MODE_IDS = b"0000600\0" + b"0000000\0" * 2  # mode, uid, gid
+# type '0', no link name, magic "ustar\0" version "00", empty user and group names, device
+# numbers and prefix, and the block's padding.
+_USTAR_TAIL = b"0" + b"\0" * 100 + tarfile.POSIX_MAGIC + b"\0" * (32 + 32 + 8 + 8 + 155 + 12)
+# The checksum counts its own field as eight spaces.
+_CHECKSUM_REST = 8 * ord(" ") + sum(_USTAR_TAIL)
 
 
 def _pad(size: int) -> bytes:
@@ -122,8 +147,26 @@ def is_compressible(sample: bytes) -> bool:
     """Decide from the first block whether compressing is worth the time (scans are not)."""
     if len(sample) < 4096:
         return True
-    out = zstandard.ZstdCompressor(level=1).compress(sample)
+    out = _compressor(1, checksum=False).compress(sample)
     return len(out) < INCOMPRESSIBLE_RATIO * len(sample)
+
+
+_local = threading.local()
+
+
+def _compressor(level: int, *, checksum: bool = True) -> zstandard.ZstdCompressor:
+    """This thread's compressor for ``level``, made once: a new one costs more than compressing
+    a small document. (A compressor serves one frame at a time, so one per thread; a frame left
+    unfinished by an error is discarded when the next one starts.)"""
+    cache: dict[tuple[int, bool], zstandard.ZstdCompressor] | None = getattr(_local, "cctx", None)
+    if cache is None:
+        cache = _local.cctx = {}
+    cctx = cache.get((level, checksum))
+    if cctx is None:
+        cctx = cache[level, checksum] = zstandard.ZstdCompressor(
+            level=level, write_checksum=checksum
+        )
+    return cctx
 
 
 def safe_member_name(name: str) -> str:
@@ -163,9 +206,7 @@ def write_object(
             )
         )
     else:
-        cctx = zstandard.ZstdCompressor(
-            level=level if compressed else STORE_LEVEL, write_checksum=True
-        )
+        cctx = _compressor(level if compressed else STORE_LEVEL)
     out = HashingWriter(dst)
     plain = hashlib.sha256()
     enc = age.encrypt_writer(recipients, cast(BinaryIO, out))

@@ -47,6 +47,29 @@ def atomic_writer(final: Path, mode: int = 0o600, *, durable: bool = True) -> It
         fsync_dir(final.parent)
 
 
+@contextlib.contextmanager
+def new_file_writer(path: Path, mode: int = 0o600) -> Iterator[BinaryIO]:
+    """Yield ``path``, created (it must not exist), to write; on error it is removed. Its
+    folder is made (mode 0700) if it is missing.
+
+    For files nothing reads until a later step records them (spool objects: the catalog), where
+    a temporary name and a rename would only cost: what a crash leaves half-written is unknown
+    to that record and removed at the next start. Not durable: the caller syncs."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+    try:
+        fd = os.open(path, flags, mode)
+    except FileNotFoundError:  # the first file of its folder: no mkdir() call per file
+        path.parent.mkdir(mode=0o700, exist_ok=True)
+        fd = os.open(path, flags, mode)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            yield f
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+        raise
+
+
 def write_atomic(final: Path, data: bytes, mode: int = 0o600) -> None:
     with atomic_writer(final, mode) as f:
         f.write(data)

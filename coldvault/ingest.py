@@ -1,7 +1,8 @@
 """Finished file -> object in the spool -> rows in the catalog.
 
 Write order (crash safety, principle 5):
-  1. each object is written under a temporary name and renamed into ``spool/objects/``;
+  1. each object is written straight to its final name in ``spool/objects/`` (nothing reads a
+     spool object the catalog does not record, so a temporary name would only cost a rename);
   2. one ``syncfs`` makes the whole batch durable (cheaper than an fsync per file);
   3. one catalog transaction records the batch.
 A crash before 3 leaves objects the catalog does not know: :func:`clean_spool` removes them at
@@ -28,7 +29,14 @@ from coldvault import age, fsutil, keys, objects
 from coldvault.catalog.db import Catalog
 from coldvault.catalog.sealing import Sealer
 from coldvault.errors import ColdvaultError, UsageError
-from coldvault.fsutil import atomic_writer, fsync_dir, private_dir, syncfs, write_atomic
+from coldvault.fsutil import (
+    atomic_writer,
+    fsync_dir,
+    new_file_writer,
+    private_dir,
+    syncfs,
+    write_atomic,
+)
 from coldvault.sources.settle import open_beneath
 from coldvault.vault import Vault
 
@@ -274,8 +282,7 @@ class Ingestor:
                 archived_at=datetime.now(UTC).isoformat(timespec="seconds"),
             )
             final = self.vault.spool / rel
-            final.parent.mkdir(mode=0o700, exist_ok=True)
-            with atomic_writer(final, durable=False) as dst:
+            with new_file_writer(final) as dst:
                 result = objects.write_object(
                     src,
                     st.st_size,

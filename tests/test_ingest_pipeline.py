@@ -145,3 +145,43 @@ def test_failed_group_commit_leaves_no_worker_writing(
         assert all(r.doc_id for r in results)
         assert len(cat.documents()) == len(files) and len(cat.patients()) == 3
         assert len(list((vault.spool / "keys").iterdir())) == 3
+
+
+def test_objects_go_straight_to_their_name_and_a_failure_leaves_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Objects are written under their final name (no temporary name, no rename): an object
+    whose writing fails is removed at once, and an object folder removed by hand is made again."""
+    vault = make_vault(tmp_path).vault
+    files = [_write(tmp_path / "src" / f"9_{i}.pdf", os.urandom(5000 + i)) for i in range(6)]
+    real = objects.write_object
+    calls = 0
+
+    def fail_third(*a: object, **k: object) -> objects.ObjectResult:
+        nonlocal calls
+        calls += 1
+        if calls == 3:
+            dst = a[4]
+            dst.write(b"half an object")  # type: ignore[attr-defined]
+            raise OSError(28, "No space left on device")
+        return real(*a, **k)  # type: ignore[arg-type]
+
+    with Catalog(vault.catalog_path) as cat:
+        ing = Ingestor(vault, cat)
+        monkeypatch.setattr(objects, "write_object", fail_third)
+        results = ing.ingest_batch([IngestRequest(f, patient_id="9") for f in files])
+        monkeypatch.undo()
+        assert [r.error is not None for r in results].count(True) == 1
+        failed = next(r for r in results if r.error is not None)
+        assert "No space left" in failed.error.message  # type: ignore[union-attr]
+        on_disk = sorted(p.relative_to(vault.spool).as_posix()
+                         for p in (vault.spool / "objects").rglob("*") if p.is_file())  # fmt: skip
+        assert on_disk == sorted(r.object_path for r in results if r.doc_id)  # type: ignore[type-var]
+        # Every object folder removed by hand: the next objects make theirs again.
+        for sub in (vault.spool / "objects").iterdir():
+            for f in sub.iterdir():
+                f.unlink()
+            sub.rmdir()
+        again = ing.ingest_batch([IngestRequest(files[0], patient_id="9")])
+        assert again[0].doc_id and (vault.spool / again[0].object_path).is_file()  # type: ignore[operator]
+        ing.close()

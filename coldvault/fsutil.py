@@ -106,6 +106,29 @@ def _load_syncfs() -> Callable[[int], int] | None:
 _SYNCFS = _load_syncfs()
 
 
+def _load_sync_file_range() -> Callable[[int, int, int, int], int] | None:
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).sync_file_range
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+    fn.restype = ctypes.c_int
+    return fn  # type: ignore[no-any-return,unused-ignore]
+
+
+_SYNC_FILE_RANGE = _load_sync_file_range()
+_SYNC_FILE_RANGE_WRITE = 2
+
+
+def start_writeback(fd: int) -> None:
+    """Ask the kernel to start writing ``fd``'s dirty pages now, without waiting (Linux's
+    ``sync_file_range(SYNC_FILE_RANGE_WRITE)``); a no-op elsewhere. Durability still comes
+    from the batch's ``syncfs``, which then finds most of the work done: the disk writes while
+    the next files are compressed instead of all at once at the end of the batch."""
+    if _SYNC_FILE_RANGE is not None:
+        _SYNC_FILE_RANGE(fd, 0, 0, _SYNC_FILE_RANGE_WRITE)  # advisory: errors are ignored
+
+
 def syncfs(path: Path, files: Iterable[Path] = ()) -> None:
     """Make everything written on ``path``'s filesystem durable with one ``syncfs(2)``.
 

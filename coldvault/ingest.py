@@ -34,6 +34,7 @@ from coldvault.fsutil import (
     fsync_dir,
     new_file_writer,
     private_dir,
+    start_writeback,
     syncfs,
     write_atomic,
 )
@@ -95,6 +96,11 @@ class IngestResult:
     skipped: str | None = None  # why nothing was archived ("already archived", ...)
     error: ColdvaultError | None = None
 
+
+#: Objects at least this large are handed to the disk as soon as they are written (see
+#: :func:`fsutil.start_writeback`); smaller ones wait for the group's ``syncfs``, which writes
+#: them together.
+WRITEBACK_MIN_SIZE = 1024 * 1024
 
 #: A commit group (one syncfs, one catalog transaction) holds at most this many files...
 GROUP_FILES = 64
@@ -290,6 +296,9 @@ class Ingestor:
                     [_recipient(job.recipient)],
                     dst,
                 )
+                if result.size >= WRITEBACK_MIN_SIZE:
+                    dst.flush()
+                    start_writeback(dst.fileno())
             # Changed while read (same size, new mtime)? Then this copy is not trustworthy.
             if fingerprint_of(os.fstat(fd)) != fp:
                 os.unlink(final)

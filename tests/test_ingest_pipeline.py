@@ -185,3 +185,34 @@ def test_objects_go_straight_to_their_name_and_a_failure_leaves_nothing(
         again = ing.ingest_batch([IngestRequest(files[0], patient_id="9")])
         assert again[0].doc_id and (vault.spool / again[0].object_path).is_file()  # type: ignore[operator]
         ing.close()
+
+
+def test_big_objects_are_handed_to_the_disk_as_soon_as_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Objects of WRITEBACK_MIN_SIZE or more start their writeback at once (the group's syncfs
+    then finds it done); small ones are left to the syncfs, which writes them together."""
+    vault = make_vault(tmp_path).vault
+    big = _write(tmp_path / "src" / "big.pdf", os.urandom(ingest.WRITEBACK_MIN_SIZE + 1))
+    small = _write(tmp_path / "src" / "small.pdf", os.urandom(1000))
+    started: list[int] = []
+    real = ingest.start_writeback
+
+    def recording(fd: int) -> None:
+        started.append(os.fstat(fd).st_size)
+        real(fd)  # the real call must accept the spool file
+
+    monkeypatch.setattr(ingest, "start_writeback", recording)
+    with Catalog(vault.catalog_path) as cat:
+        ing = Ingestor(vault, cat)
+        results = ing.ingest_batch([IngestRequest(p, patient_id="1") for p in (big, small)])
+        ing.close()
+    assert all(r.doc_id for r in results)
+    # Called once, on the complete big object (flushed first: fstat sees all of it).
+    assert started == [results[0].stored_size]
+    r, w = os.pipe()  # advisory: an fd it cannot apply to is ignored, never an error
+    try:
+        real(w)
+    finally:
+        os.close(r)
+        os.close(w)

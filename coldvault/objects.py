@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, fields, replace
 from typing import BinaryIO, cast
 
+import xxhash
 import zstandard
 
 from coldvault import age
@@ -36,7 +37,6 @@ PROBE_SIZE = 128 * 1024
 #: A probe that compresses to more than this fraction is stored (fast level, raw blocks).
 INCOMPRESSIBLE_RATIO = 0.92
 LEVEL = 3
-STORE_LEVEL = -7
 #: Files at least this large use zstd's own worker threads, with jobs of this size.
 THREADED_MIN_SIZE = 32 * 1024 * 1024
 JOB_SIZE = 2 * 1024 * 1024
@@ -169,6 +169,69 @@ def _compressor(level: int, *, checksum: bool = True) -> zstandard.ZstdCompresso
     return cctx
 
 
+ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+#: A stored frame's header: the checksum flag (no content size, not single-segment, no
+#: dictionary) and a window of 128 KiB (exponent 7, mantissa 0), the largest raw block.
+STORED_FRAME_HEADER = ZSTD_MAGIC + bytes([0x04, 7 << 3])
+STORED_BLOCK = 128 * 1024
+
+
+class StoredFrameWriter(io.RawIOBase):
+    """Writes what it is given to ``dst`` as one zstd frame (RFC 8878) of raw blocks, with the
+    content checksum: the frame zstd itself writes for data it cannot compress, without the
+    time zstd spends finding that out (as fast as a copy: a third of the time on scans).
+
+    ``close()`` writes the last block and the checksum; it does not close ``dst``. After an
+    error, do not close it: the frame is left unfinished (the object is discarded anyway)."""
+
+    def __init__(self, dst: BinaryIO | io.RawIOBase) -> None:
+        super().__init__()
+        self._dst = dst
+        self._buf = bytearray()
+        self._xxh = xxhash.xxh64()
+        dst.write(STORED_FRAME_HEADER)
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: bytes | bytearray | memoryview) -> int:  # type: ignore[override]
+        view = memoryview(data).cast("B")
+        n = len(view)
+        self._xxh.update(view)
+        buf = self._buf
+        pos = 0
+        # A full block is only written once more data proves it is not the last one.
+        if buf:
+            pos = min(STORED_BLOCK - len(buf), n)
+            buf += view[:pos]
+            if len(buf) == STORED_BLOCK and pos < n:
+                self._block(buf, last=False)
+                buf.clear()
+        while n - pos > STORED_BLOCK:
+            self._block(view[pos : pos + STORED_BLOCK], last=False)
+            pos += STORED_BLOCK
+        if pos < n:
+            buf += view[pos:]
+        return n
+
+    def _block(self, data: bytes | bytearray | memoryview, last: bool) -> None:
+        # Block header, 3 bytes little-endian: last-block bit, type 0 (raw), then the size.
+        self._dst.write((len(data) << 3 | last).to_bytes(3, "little"))
+        self._dst.write(bytes(data) if isinstance(data, bytearray) else data)
+
+    def close(self) -> None:
+        if not self.closed:
+            self._block(self._buf, last=True)
+            self._buf.clear()
+            # The content checksum: the low 32 bits of XXH64 (seed 0), little-endian.
+            self._dst.write((self._xxh.intdigest() & 0xFFFFFFFF).to_bytes(4, "little"))
+        super().close()
+
+    def __exit__(self, *exc: object) -> None:
+        if exc[0] is None:
+            self.close()
+
+
 def safe_member_name(name: str) -> str:
     base = os.path.basename(name.replace("\\", "/"))
     if base in ("", ".", ".."):
@@ -200,13 +263,13 @@ def write_object(
     if compressed and threads:
         # zstd's default job (4x the window) holds ~70 MiB in buffers on 2 workers; 2 MiB
         # jobs hold ~30 MiB for the same ratio (to 0.01%) and speed (docs/performance.md).
-        cctx = zstandard.ZstdCompressor(
+        cctx: zstandard.ZstdCompressor | None = zstandard.ZstdCompressor(
             compression_params=zstandard.ZstdCompressionParameters.from_level(
                 level, threads=threads, job_size=JOB_SIZE, write_checksum=True
             )
         )
     else:
-        cctx = _compressor(level if compressed else STORE_LEVEL)
+        cctx = _compressor(level) if compressed else None
     out = HashingWriter(dst)
     plain = hashlib.sha256()
     enc = age.encrypt_writer(recipients, cast(BinaryIO, out))
@@ -217,7 +280,13 @@ def write_object(
         sink: io.RawIOBase = enc
         if size >= BACKGROUND_MIN_SIZE:
             sink = stack.enter_context(ThreadedWriter(enc, BACKGROUND_DEPTH))
-        z = stack.enter_context(cctx.stream_writer(cast(BinaryIO, sink), size=-1, closefd=False))
+        z: BinaryIO | io.RawIOBase
+        if cctx is None:  # incompressible: stored, not compressed
+            z = stack.enter_context(StoredFrameWriter(sink))
+        else:
+            z = stack.enter_context(
+                cctx.stream_writer(cast(BinaryIO, sink), size=-1, closefd=False)
+            )
         z.write(_tar_header(member, size, meta.mtime))
         got = 0
         chunk = first

@@ -8,9 +8,13 @@ import dataclasses
 import io
 import json
 import os
+import shutil
+import subprocess
 import tarfile
+from pathlib import Path
 
 import pytest
+import zstandard
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -109,3 +113,83 @@ def test_a_document_after_a_failed_one_round_trips(data: bytes) -> None:
         back = io.BytesIO()
         opened = objects.read_object(io.BytesIO(out.getvalue()), [identity], back)
         assert back.getvalue() == doc and opened.meta.size == len(doc)
+
+
+# --- stored frames (incompressible documents) ----------------------------------------------
+
+
+def _zstd_cli() -> str | None:
+    path = shutil.which("zstd")
+    if path is None and os.environ.get("COLDVAULT_REQUIRE_INTEROP") == "1":
+        pytest.fail("zstd is not installed (COLDVAULT_REQUIRE_INTEROP=1)")
+    return path
+
+
+def _stored(data: bytes, cuts: list[int]) -> bytes:
+    out = io.BytesIO()
+    w = objects.StoredFrameWriter(out)
+    pos = 0
+    for cut in sorted(c % (len(data) + 1) for c in cuts):
+        w.write(data[pos:cut])
+        pos = max(pos, cut)
+    w.write(data[pos:])
+    w.close()
+    return out.getvalue()
+
+
+_B = objects.STORED_BLOCK
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.sampled_from([0, 1, 1000, _B - 1, _B, _B + 1, 2 * _B, 3 * _B + 7]),
+    st.lists(st.integers(0, 4 * _B), max_size=5),
+)
+def test_stored_frame_is_a_zstd_frame_of_the_data(size: int, cuts: list[int]) -> None:
+    data = os.urandom(size)
+    frame = _stored(data, cuts)
+    assert frame.startswith(objects.STORED_FRAME_HEADER)
+    params = zstandard.get_frame_parameters(frame)
+    assert params.has_checksum and params.window_size == _B
+    # Raw blocks: the data plus a 3-byte header per block (at least one), and the checksum.
+    blocks = max(1, -(-size // _B))
+    assert len(frame) == len(objects.STORED_FRAME_HEADER) + size + 3 * blocks + 4
+    reader = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(frame))
+    assert reader.read() == data
+
+
+@pytest.mark.parametrize("size", [5000, 3 * _B + 11])
+def test_zstd_itself_reads_and_checks_a_stored_frame(size: int, tmp_path: Path) -> None:
+    zstd = _zstd_cli()
+    if zstd is None:
+        pytest.skip("zstd is not installed (apt install zstd)")
+    data = os.urandom(size)
+    frame = tmp_path / "f.zst"
+    frame.write_bytes(_stored(data, [size // 3]))
+    out = subprocess.run([zstd, "-d", "-c", "-q", str(frame)], capture_output=True, check=True)
+    assert out.stdout == data
+    # The checksum is the one zstd expects: one flipped content byte and zstd refuses the frame.
+    damaged = bytearray(frame.read_bytes())
+    damaged[len(objects.STORED_FRAME_HEADER) + 3 + 10] ^= 1
+    frame.write_bytes(bytes(damaged))
+    bad = subprocess.run([zstd, "-t", "-q", str(frame)], capture_output=True)
+    assert bad.returncode != 0 and b"checksum" in bad.stderr.lower()
+
+
+@pytest.mark.parametrize(
+    ("data", "stored"),
+    [(os.urandom(700_000), True), (b"compte-rendu de consultation\n" * 30_000, False)],
+)
+def test_incompressible_documents_are_stored_compressible_ones_compressed(
+    data: bytes, stored: bool
+) -> None:
+    identity = age.X25519Identity.generate()
+    out = io.BytesIO()
+    meta = DocumentMeta("d2", "p", "scan.pdf", 0, "")
+    result = objects.write_object(io.BytesIO(data), len(data), meta, [identity.recipient()], out)
+    assert result.compressed is not stored
+    frame = age.decrypt_bytes([identity], out.getvalue())
+    assert frame.startswith(objects.STORED_FRAME_HEADER) is stored
+    back = io.BytesIO()
+    objects.read_object(io.BytesIO(out.getvalue()), [identity], back)
+    assert back.getvalue() == data

@@ -12,7 +12,6 @@ recorded. Nothing is ever recorded that is not durable, and a source file is nev
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import logging
 import os
@@ -49,8 +48,24 @@ log = logging.getLogger(__name__)
 # are fsynced one by one and their folders must be too.
 _SYNCFS_COVERS_FOLDERS = fsutil._SYNCFS is not None
 
-# Parsing a post-quantum recipient (1,950 characters of Bech32) costs milliseconds: once each.
-_recipient = functools.lru_cache(maxsize=4096)(age.parse_recipient)
+# Parsing a post-quantum recipient (1,950 characters of Bech32) costs: once each, and never for
+# a key made here (its parsed form is kept when it is made).
+_RECIPIENTS: dict[str, age.Recipient] = {}
+_RECIPIENTS_MAX = 4096
+
+
+def _recipient(text: str) -> age.Recipient:
+    parsed = _RECIPIENTS.get(text)
+    if parsed is None:
+        parsed = _remember_recipient(text, age.parse_recipient(text))
+    return parsed
+
+
+def _remember_recipient(text: str, parsed: age.Recipient) -> age.Recipient:
+    if len(_RECIPIENTS) >= _RECIPIENTS_MAX:
+        _RECIPIENTS.clear()
+    _RECIPIENTS[text] = parsed
+    return parsed
 
 
 #: The result of a file not started because the daemon is stopping.
@@ -215,6 +230,8 @@ class Ingestor:
                 return row.id, row.key_id, row.recipient
         key_id = objects.new_id()
         key, sealed = keys.new_patient_key(key_id, patient_id, self._master)
+        if key.recipient_key is not None:
+            _remember_recipient(key.recipient, key.recipient_key)
         new = _NewPatient(
             lookup,
             patient_id,

@@ -11,7 +11,7 @@ patient (sealed to the master recipient), and master rotation.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from coldvault import age
@@ -95,6 +95,8 @@ class PatientKey:
     recipient: str
     patient_id: str
     identity: AnyIdentity | None = None
+    #: ``recipient`` parsed, when at hand (a new key): parsing a post-quantum one costs.
+    recipient_key: AnyRecipient | None = field(default=None, compare=False)
 
 
 def seal_patient_key(
@@ -112,7 +114,8 @@ def new_patient_key(key_id: str, patient_id: str, master: AnyRecipient) -> tuple
     """A fresh patient identity of the same kind as the master, and its sealed key file."""
     identity = generate_identity(classic=isinstance(master, age.X25519Recipient))
     sealed = seal_patient_key(identity, key_id, patient_id, master)
-    return PatientKey(key_id, str(identity.recipient()), patient_id), sealed
+    recipient = identity.recipient()
+    return PatientKey(key_id, str(recipient), patient_id, recipient_key=recipient), sealed
 
 
 def open_patient_key(data: bytes, masters: list[AnyIdentity]) -> PatientKey:

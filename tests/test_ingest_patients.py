@@ -199,3 +199,27 @@ def test_clean_spool_waits_for_a_batch_in_flight(tmp_path: Path) -> None:
         ing.close()
     assert removed == [0]
     assert _key_files(vault) == [f"{key_id}.age"]
+
+
+def test_a_new_patients_recipient_is_never_parsed_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A key made by the batch is used as made: its recipient (1,950 characters of Bech32 for
+    a post-quantum vault) is not parsed from its own text for each document."""
+    vault = make_vault(tmp_path).vault
+    files = _files(tmp_path / "docs", ["41", "42"], per=3)
+    parsed: list[str] = []
+    real = ingest.age.parse_recipient
+
+    def counting(text: str) -> object:
+        parsed.append(text)
+        return real(text)
+
+    monkeypatch.setattr(ingest.age, "parse_recipient", counting)
+    with Catalog(vault.catalog_path) as cat:
+        ing = Ingestor(vault, cat, workers=2)
+        assert all(r.doc_id for r in ing.ingest_batch(_reqs(files)))
+        ing.close()
+        recipients = {p.recipient for p in cat.patients()}
+        assert len(recipients) == 2 and not recipients & set(parsed)
+        _check_all_readable(vault, cat)

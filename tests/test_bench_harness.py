@@ -75,6 +75,15 @@ def test_harness_runs_on_a_tiny_corpus(tmp_path: Path) -> None:
     for t in OPTIONAL_TOOLS:
         if shutil.which(t) is not None:
             assert t in by["ingest"]["contenders"]
+    ingest = by["ingest"]["metrics"]
+    # Per core against both anchors, and scaling with cores against the machine's own ceiling.
+    assert ingest["coldvault_mb_per_cpu_s"] > 0 and ingest["per_file_mb_per_cpu_s"] > 0
+    if (os.cpu_count() or 1) > 1 and shutil.which("taskset") is not None:
+        assert ingest["scaling_with_cores"] > 0 and ingest["machine_scaling"] > 0
+        assert "coldvault-1w on 1 core" in by["ingest"]["contenders"]
+    targets = {t["target"]: t for t in data["targets"]}
+    per_core = [t for name, t in targets.items() if name.startswith("ingest mix per core")]
+    assert len(per_core) == 2 and all(t["measured"] for t in per_core)
     assert by["restore"]["metrics"]["catalog_documents"] >= 2000
     assert by["restore"]["metrics"]["first_byte_s"] > 0
     if "sync" not in errors and not by["sync"]["skipped"] and by["sync"]["contenders"]:

@@ -78,6 +78,7 @@ def test_harness_runs_on_a_tiny_corpus(tmp_path: Path) -> None:
     ingest = by["ingest"]["metrics"]
     # Per core against both anchors, and scaling with cores against the machine's own ceiling.
     assert ingest["coldvault_mb_per_cpu_s"] > 0 and ingest["per_file_mb_per_cpu_s"] > 0
+    assert "the format's two SHA-256 passes" in by["ingest"]["contenders"]
     if (os.cpu_count() or 1) > 1 and shutil.which("taskset") is not None:
         assert ingest["scaling_with_cores"] > 0 and ingest["machine_scaling"] > 0
         assert "coldvault-1w on 1 core" in by["ingest"]["contenders"]

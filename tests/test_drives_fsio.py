@@ -435,3 +435,21 @@ def test_batch_copies_file_sources_in_the_kernel_and_checks_them_on_read_back(
     assert b"".join(p.read_bytes() for p in parts) == good
     assert len(parts) == (1 if split is None else 5)
     assert not fsio.object_parts(drive, "bad.age") and temps(drive) == []
+
+
+def test_big_staged_files_start_their_writeback_small_ones_wait(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On a syncfs drive, a file of WRITEBACK_MIN_SIZE or more starts its writeback once
+    copied (the drive writes while the next ones are copied); small ones wait for syncfs."""
+    started: list[int] = []
+    monkeypatch.setattr(fsio, "start_writeback", lambda fd: started.append(os.fstat(fd).st_size))
+    root = tmp_path / "drive"
+    (root / "objects").mkdir(parents=True)
+    big = os.urandom(fsio.WRITEBACK_MIN_SIZE + 5)
+    with fsio.BatchWriter(root, sync="syncfs", verify=True) as batch:
+        batch.add(root / "objects", "big.age", io.BytesIO(big), hashlib.sha256(big).hexdigest())
+        batch.add(root / "objects", "small.age", io.BytesIO(b"x" * 100))
+        result = batch.commit()
+    assert started == [len(big)]
+    assert (root / "objects" / "big.age").read_bytes() == big and len(result.written) == 2

@@ -47,6 +47,7 @@ from pathlib import Path
 from typing import BinaryIO, Literal
 
 from coldvault.errors import DriveError, IntegrityError
+from coldvault.fsutil import start_writeback
 
 log = logging.getLogger(__name__)
 
@@ -717,8 +718,7 @@ def _stage(
             left = len(mv) if mv is not None else int(chunk)
             while left:
                 if in_part == limit:
-                    if fsync_each:
-                        os.fsync(fd)
+                    _written(fd, in_part, fsync_each)
                     os.close(fd)
                     fd = -1
                     if len(st.tmps) >= MAX_PARTS:
@@ -736,8 +736,7 @@ def _stage(
                 in_part += take
                 st.size += take
                 left -= take
-        if fsync_each:
-            os.fsync(fd)
+        _written(fd, in_part, fsync_each)
         os.close(fd)
         fd = -1
     except BaseException as e:
@@ -761,6 +760,19 @@ def _stage(
             hint=f"expected SHA-256 {expected_sha256}, read {st.sha256}",
         )
     return st
+
+
+#: Files (or parts) at least this large start their writeback as soon as they are written, so
+#: the drive writes while the next ones are copied; the batch's syncfs still makes them durable.
+WRITEBACK_MIN_SIZE = 1024 * 1024
+
+
+def _written(fd: int, size: int, fsync_each: bool) -> None:
+    """A staged file (or part) is complete: fsync it (FUSE), or start its writeback."""
+    if fsync_each:
+        os.fsync(fd)
+    elif size >= WRITEBACK_MIN_SIZE:
+        start_writeback(fd)
 
 
 def _verify(st: _Staged, dev: int | None, device: str | None) -> None:

@@ -453,3 +453,52 @@ def test_big_staged_files_start_their_writeback_small_ones_wait(
         result = batch.commit()
     assert started == [len(big)]
     assert (root / "objects" / "big.age").read_bytes() == big and len(result.written) == 2
+
+
+def _read_back_threads() -> list[str]:
+    import threading
+
+    return [t.name for t in threading.enumerate() if t.name == "coldvault-read-back"]
+
+
+def test_read_back_ahead_checks_each_file_in_order(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The batch's read-back runs on a reader thread, chunk by chunk, across files and parts:
+    each file is still compared with its own hash, a damaged one among many is the only one
+    refused, and no reader thread is left once the batch is committed."""
+    monkeypatch.setattr(fsio, "CHUNK_SIZE", 1000)
+    monkeypatch.setattr(fsio._ReadBackAhead, "DEPTH", 2)  # the reader waits for the hasher
+    datas = {f"o{i}": os.urandom(n) for i, n in enumerate([0, 999, 1000, 4321, 25_000, 7])}
+    with BatchWriter(tmp_path, split_above=10_000, part_size=10_000) as bw:
+        for name, data in datas.items():
+            before = set(os.listdir(tmp_path))
+            bw.add(tmp_path, name, data)
+            if name == "o3":  # the drive returns something else for this one
+                (tmp,) = set(os.listdir(tmp_path)) - before
+                with open(tmp_path / tmp, "r+b") as f:
+                    f.seek(2500)
+                    f.write(b"X")
+        res = bw.commit()
+    assert [f.path.name for f in res.failed] == ["o3"]
+    assert [r.path.name for r in res.written] == [n for n in datas if n != "o3"]
+    for name, data in datas.items():
+        if name != "o3":
+            assert fsio.read_back_object(tmp_path, name) == (len(data), sha(data))
+    assert _read_back_threads() == []
+
+
+def test_a_file_gone_during_read_back_fails_the_batch_and_stops_the_reader(
+    tmp_path: Path,
+) -> None:
+    with BatchWriter(tmp_path) as bw:
+        bw.add(tmp_path, "a", os.urandom(3000))
+        before = set(os.listdir(tmp_path))
+        bw.add(tmp_path, "b", os.urandom(3000))
+        bw.add(tmp_path, "c", os.urandom(3000))
+        (tmp_b,) = sorted(set(os.listdir(tmp_path)) - before)[:1]
+        os.unlink(tmp_path / tmp_b)
+        with pytest.raises(DriveError):
+            bw.commit()
+    assert _read_back_threads() == []
+    assert temps(tmp_path) == []  # nothing half-committed is left either

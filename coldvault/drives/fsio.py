@@ -39,9 +39,11 @@ import hashlib
 import io
 import logging
 import os
+import queue
 import secrets
 import stat
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, Literal
@@ -776,10 +778,80 @@ def _written(fd: int, size: int, fsync_each: bool) -> None:
 
 
 def _verify(st: _Staged, dev: int | None, device: str | None) -> None:
+    _check_read_back(st, dev, lambda: _read_back(st.tmps, device, fsync=False))  # synced
+
+
+class _ReadBackAhead:
+    """Reads a batch's files back from the drive, in order, on one thread, while the caller
+    hashes them: the drive still sees a single sequential reader, and reading the next chunk
+    overlaps hashing the last one (the read-back took as long as both, one after the other).
+    At most DEPTH chunks of CHUNK_SIZE wait between the two. An error reading a file is raised
+    by :meth:`next_file` for that file, in order."""
+
+    DEPTH = 8
+    _END = object()
+
+    def __init__(self, files: list[list[Path]]) -> None:
+        self._files = files
+        self._queue: queue.Queue[object] = queue.Queue(maxsize=self.DEPTH)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="coldvault-read-back", daemon=True)
+        self._thread.start()
+
+    def _put(self, item: object) -> bool:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _run(self) -> None:
+        for parts in self._files:
+            item: object = self._END
+            try:
+                for p in parts:
+                    fd = os.open(p, os.O_RDONLY | os.O_CLOEXEC)
+                    try:
+                        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+                        while chunk := os.read(fd, CHUNK_SIZE):
+                            if not self._put(chunk):
+                                return
+                    finally:
+                        os.close(fd)
+            except OSError as e:
+                item = e
+            if not self._put(item):
+                return
+
+    def next_file(self) -> tuple[int, str]:
+        """(size, SHA-256 hex) of the next file as read back from the drive."""
+        h = hashlib.sha256()
+        size = 0
+        while (item := self._queue.get()) is not self._END:
+            if isinstance(item, OSError):
+                raise item
+            assert isinstance(item, bytes)
+            h.update(item)
+            size += len(item)
+        return size, h.hexdigest()
+
+    def close(self) -> None:
+        """Stop the reader (it may be ahead of what was consumed) and wait for it."""
+        self._stop.set()
+        self._thread.join()
+
+
+def _check_read_back(
+    st: _Staged, dev: int | None, read_back: Callable[[], tuple[int, str]]
+) -> None:
     try:
-        size, sha = _read_back(st.tmps, device, fsync=False)  # the caller synced
+        size, sha = read_back()
     except FileNotFoundError as e:
         raise drive_error_from_oserror(e, st.dst_dir, dev) from e
+    except OSError as e:
+        raise drive_error_from_oserror(e, st.dst_dir / st.name) from e
     if size != st.size or sha != st.sha256:
         raise ReadBackMismatch(
             "What was read back from the drive differs from what was written: "
@@ -1022,17 +1094,22 @@ class BatchWriter:
             if self.device is not None and self.verify:
                 drop_device_cache(self.device)
             good: list[_Staged] = []
-            for st in staged:
-                if self.verify:
-                    try:
-                        _verify(st, self._dev, None)
-                    except ReadBackMismatch as e:
-                        _discard(st.tmps)
-                        st.tmps = []
-                        failed.append(FailedWrite(st.dst_dir / st.name, e))
-                        log.warning("read-back mismatch on the drive for object %s", st.name)
-                        continue
-                good.append(st)
+            ahead = _ReadBackAhead([st.tmps for st in staged]) if self.verify else None
+            try:
+                for st in staged:
+                    if ahead is not None:
+                        try:
+                            _check_read_back(st, self._dev, ahead.next_file)
+                        except ReadBackMismatch as e:
+                            _discard(st.tmps)
+                            st.tmps = []
+                            failed.append(FailedWrite(st.dst_dir / st.name, e))
+                            log.warning("read-back mismatch on the drive for object %s", st.name)
+                            continue
+                    good.append(st)
+            finally:
+                if ahead is not None:
+                    ahead.close()
             pending = [(st, _commit(st, self._dev)) for st in good]
             for st, _ in pending:
                 st.tmps = []

@@ -117,6 +117,11 @@ class IngestResult:
 #: them together.
 WRITEBACK_MIN_SIZE = 1024 * 1024
 
+#: Files are handed to a worker a few at a time, up to this many files and this many bytes: a
+#: file as big as CHUNK_BYTES (or bigger) goes alone.
+CHUNK_FILES = 16
+CHUNK_BYTES = 1024 * 1024
+
 #: A commit group (one syncfs, one catalog transaction) holds at most this many files...
 GROUP_FILES = 64
 #: ... and this many bytes of objects (a crash loses at most this much work).
@@ -387,19 +392,32 @@ class Ingestor:
                 commit()
 
         # Biggest first: a big file started last would keep one worker busy while the others
-        # wait for it. Each file goes to the workers as soon as its patient is known; the
-        # calling thread then records groups as they finish, while the workers go on.
+        # wait for it. Files go to the workers as soon as their patients are known, small ones
+        # a few at a time (handing a file to a thread and its result back costs more than
+        # writing a small document); the calling thread then records groups as they finish,
+        # while the workers go on.
         order = list(range(len(requests)))
-        if len(order) > 1:
-            order.sort(key=lambda i: _size_hint(requests[i]), reverse=True)
-        futures: dict[Future[_Written | IngestResult], int] = {}
-        # Finished futures arrive here, in the order they finish: one hand-over per file, where
+        sizes = [_size_hint(r) for r in requests] if len(order) > 1 else [0] * len(order)
+        order.sort(key=sizes.__getitem__, reverse=True)
+        futures: dict[Future[list[_Written | IngestResult]], list[int]] = {}
+        # Finished futures arrive here, in the order they finish: one hand-over per job, where
         # waiting on the set of pending futures would cost the calling thread (and, through the
         # GIL, the workers) time proportional to the batch for every file.
-        arrived: queue.SimpleQueue[Future[_Written | IngestResult]] = queue.SimpleQueue()
+        arrived: queue.SimpleQueue[Future[list[_Written | IngestResult]]] = queue.SimpleQueue()
         # On an error, unrecorded key files and objects stay: clean_spool removes them at the
         # next start (after a failed commit only the catalog, read again, says what it holds).
         stopping = should_stop or (lambda: False)
+        chunk: list[_Job] = []
+        chunk_bytes = 0
+
+        def submit() -> None:
+            nonlocal chunk, chunk_bytes
+            if chunk:
+                fut = self._pool.submit(self._run_all, chunk, stopping)
+                futures[fut] = [job.index for job in chunk]
+                fut.add_done_callback(arrived.put)
+                chunk, chunk_bytes = [], 0
+
         try:
             for i in order:
                 if stopping():
@@ -408,10 +426,12 @@ class Ingestor:
                 job = self._prepare(i, requests[i], batch)
                 if isinstance(job, IngestResult):
                     done(i, job)
-                else:
-                    fut = self._pool.submit(self._run, job)
-                    futures[fut] = i
-                    fut.add_done_callback(arrived.put)
+                    continue
+                chunk.append(job)
+                chunk_bytes += sizes[i]
+                if len(chunk) >= CHUNK_FILES or chunk_bytes >= CHUNK_BYTES:
+                    submit()
+            submit()
             left = len(futures)
             cancelled = False
             while left:
@@ -421,13 +441,14 @@ class Ingestor:
                     ready = []
                 while not arrived.empty():
                     ready.append(arrived.get_nowait())
-                for fut in sorted(ready, key=futures.__getitem__):
+                for fut in sorted(ready, key=lambda f: futures[f][0]):
                     left -= 1
-                    i = futures[fut]
                     if fut.cancelled():  # not started: the daemon is stopping
-                        done(i, IngestResult(requests[i], skipped=STOPPING))
+                        for i in futures[fut]:
+                            done(i, IngestResult(requests[i], skipped=STOPPING))
                     else:
-                        finished(fut.result(), i)
+                        for i, out in zip(futures[fut], fut.result(), strict=True):
+                            finished(out, i)
                 if left and not cancelled and stopping():
                     cancelled = True
                     for fut in futures:
@@ -464,6 +485,16 @@ class Ingestor:
         except ColdvaultError as exc:
             return IngestResult(req, error=exc)
         return _Job(index, req, recipient, pid, ref, skey)
+
+    def _run_all(
+        self, jobs: list[_Job], stopping: Callable[[], bool]
+    ) -> list[_Written | IngestResult]:
+        """Write the files of one hand-over, in order; once a stop is asked, the ones not
+        started yet are left (skipped, "stopping"), as when their turn has not come."""
+        return [
+            IngestResult(job.request, skipped=STOPPING) if stopping() else self._run(job)
+            for job in jobs
+        ]
 
     def _run(self, job: _Job) -> _Written | IngestResult:
         try:

@@ -216,3 +216,29 @@ def test_big_objects_are_handed_to_the_disk_as_soon_as_written(
     finally:
         os.close(r)
         os.close(w)
+
+
+def test_small_files_are_handed_to_the_workers_a_few_at_a_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One hand-over per small file cost more than writing it: small files go to the workers
+    in chunks (CHUNK_FILES files or CHUNK_BYTES bytes), big ones alone, biggest first."""
+    vault = make_vault(tmp_path).vault
+    small = [_write(tmp_path / "src" / f"3_{i}.txt", os.urandom(1000 + i)) for i in range(40)]
+    big = _write(tmp_path / "src" / "3_big.pdf", os.urandom(ingest.CHUNK_BYTES + 1))
+    handed: list[list[str]] = []
+    real = Ingestor._run_all
+
+    def recording(self: Ingestor, jobs: list[object], stopping: object) -> object:
+        handed.append([j.request.path.name for j in jobs])  # type: ignore[attr-defined]
+        return real(self, jobs, stopping)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Ingestor, "_run_all", recording)
+    with Catalog(vault.catalog_path) as cat:
+        ing = Ingestor(vault, cat, workers=2)
+        results = ing.ingest_batch([IngestRequest(p, patient_id="3") for p in [*small, big]])
+        ing.close()
+    assert [r.request.path for r in results] == [*small, big] and all(r.doc_id for r in results)
+    assert handed[0] == ["3_big.pdf"]
+    assert sorted(len(h) for h in handed[1:]) == [8] + [ingest.CHUNK_FILES] * 2
+    assert sorted(n for h in handed for n in h) == sorted(p.name for p in [*small, big])

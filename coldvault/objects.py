@@ -33,6 +33,9 @@ META_NAME = "coldvault.json"
 # The document entry is renamed if it would collide with the metadata entry.
 COLLISION_NAME = "document-coldvault.json"
 READ_SIZE = 1 << 20
+#: What restore reads from the tar stream at a time: tarfile's stream reader copies what it
+#: holds on each read, and buffers that stay in the CPU's cache make those copies cheap.
+UNPACK_SIZE = 128 * 1024
 PROBE_SIZE = 128 * 1024
 #: A probe that compresses to more than this fraction is stored (fast level, raw blocks).
 INCOMPRESSIBLE_RATIO = 0.92
@@ -385,7 +388,7 @@ def read_object(src: BinaryIO, identities: Sequence[age.Identity], dst: BinaryIO
     unpacked = _Unpacked(z)
     try:
         with tarfile.open(
-            fileobj=unpacked, mode="r|", format=tarfile.PAX_FORMAT, bufsize=READ_SIZE
+            fileobj=unpacked, mode="r|", format=tarfile.PAX_FORMAT, bufsize=UNPACK_SIZE
         ) as tar:
             for info in tar:
                 if not info.isreg():
@@ -398,7 +401,7 @@ def read_object(src: BinaryIO, identities: Sequence[age.Identity], dst: BinaryIO
                 if member_name:
                     raise IntegrityError("the object holds more than one document")
                 member_name = info.name
-                while chunk := f.read(READ_SIZE):
+                while chunk := f.read(UNPACK_SIZE):
                     plain.update(chunk)
                     dst.write(chunk)
                     written += len(chunk)

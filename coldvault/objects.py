@@ -24,7 +24,7 @@ import xxhash
 import zstandard
 
 from coldvault import age
-from coldvault.age.stream import ReadAhead, ThreadedWriter
+from coldvault.age.stream import Blocks, ReadAhead, ThreadedWriter
 from coldvault.errors import AgeError, IntegrityError, UsageError
 from coldvault.hashio import HashingWriter
 
@@ -190,7 +190,7 @@ class StoredFrameWriter(io.RawIOBase):
     def __init__(self, dst: BinaryIO | io.RawIOBase) -> None:
         super().__init__()
         self._dst = dst
-        self._buf = bytearray()
+        self._blocks = Blocks(STORED_BLOCK, self._block)
         self._xxh = xxhash.xxh64()
         dst.write(STORED_FRAME_HEADER)
 
@@ -198,24 +198,8 @@ class StoredFrameWriter(io.RawIOBase):
         return True
 
     def write(self, data: bytes | bytearray | memoryview) -> int:  # type: ignore[override]
-        view = memoryview(data).cast("B")
-        n = len(view)
-        self._xxh.update(view)
-        buf = self._buf
-        pos = 0
-        # A full block is only written once more data proves it is not the last one.
-        if buf:
-            pos = min(STORED_BLOCK - len(buf), n)
-            buf += view[:pos]
-            if len(buf) == STORED_BLOCK and pos < n:
-                self._block(buf, last=False)
-                buf.clear()
-        while n - pos > STORED_BLOCK:
-            self._block(view[pos : pos + STORED_BLOCK], last=False)
-            pos += STORED_BLOCK
-        if pos < n:
-            buf += view[pos:]
-        return n
+        self._xxh.update(data)
+        return self._blocks.write(data)
 
     def _block(self, data: bytes | bytearray | memoryview, last: bool) -> None:
         # Block header, 3 bytes little-endian: last-block bit, type 0 (raw), then the size.
@@ -224,8 +208,7 @@ class StoredFrameWriter(io.RawIOBase):
 
     def close(self) -> None:
         if not self.closed:
-            self._block(self._buf, last=True)
-            self._buf.clear()
+            self._blocks.finish()
             # The content checksum: the low 32 bits of XXH64 (seed 0), little-endian.
             self._dst.write((self._xxh.intdigest() & 0xFFFFFFFF).to_bytes(4, "little"))
         super().close()

@@ -55,6 +55,43 @@ class _AbortOnError(io.RawIOBase):
             self.close()
 
 
+class Blocks:
+    """Cuts a stream of writes into blocks of ``size`` bytes for ``emit(block, last)``. A full
+    block is held until more data proves it is not the last one; :meth:`finish` emits the last
+    (shorter, possibly empty). Blocks are emitted without copying where the writes allow;
+    ``emit`` must not keep the block it is given."""
+
+    def __init__(self, size: int, emit: Callable[[bytes | bytearray | memoryview, bool], None]):
+        self._size = size
+        self._emit = emit
+        self._buf = bytearray()
+
+    def write(self, data: bytes | bytearray | memoryview) -> int:
+        view = memoryview(data).cast("B")
+        n = len(view)
+        size, buf = self._size, self._buf
+        pos = 0
+        if buf:
+            pos = min(size - len(buf), n)
+            buf += view[:pos]
+            if len(buf) == size and pos < n:
+                self._emit(buf, False)
+                buf.clear()
+        while n - pos > size:
+            self._emit(view[pos : pos + size], False)
+            pos += size
+        if pos < n:
+            buf += view[pos:]
+        return n
+
+    def finish(self) -> None:
+        self._emit(self._buf, True)
+        self._buf.clear()
+
+    def drop(self) -> None:
+        self._buf.clear()
+
+
 class EncryptWriter(_AbortOnError):
     """A write-only stream that encrypts what it is given into ``dst``.
 
@@ -66,7 +103,7 @@ class EncryptWriter(_AbortOnError):
         super().__init__()
         self._aead = ChaCha20Poly1305(key)
         self._dst = dst
-        self._buf = bytearray()
+        self._chunks = Blocks(CHUNK_SIZE, self._seal)
         self._counter = 0
         self._finished = False
 
@@ -76,27 +113,7 @@ class EncryptWriter(_AbortOnError):
     def write(self, data: bytes | bytearray | memoryview) -> int:  # type: ignore[override]
         if self._finished:
             raise ValueError("write to a finished age stream")
-        view = memoryview(data).cast("B")
-        n = len(view)
-        buf = self._buf
-        # A full chunk is only sealed once more data proves it is not the last one.
-        if buf and len(buf) == CHUNK_SIZE and n:
-            self._seal(buf, last=False)
-            buf.clear()
-        pos = 0
-        if buf:
-            take = min(CHUNK_SIZE - len(buf), n)
-            buf += view[:take]
-            pos = take
-            if len(buf) == CHUNK_SIZE and pos < n:
-                self._seal(buf, last=False)
-                buf.clear()
-        while n - pos > CHUNK_SIZE:
-            self._seal(view[pos : pos + CHUNK_SIZE], last=False)
-            pos += CHUNK_SIZE
-        if pos < n:
-            buf += view[pos:]
-        return n
+        return self._chunks.write(data)
 
     def _seal(self, chunk: bytes | bytearray | memoryview, last: bool) -> None:
         nonce = _chunk_nonce(self._counter, last)
@@ -107,13 +124,12 @@ class EncryptWriter(_AbortOnError):
     def abort(self) -> None:
         """Stop without writing the final chunk: what was written so far never decrypts."""
         self._finished = True
-        self._buf.clear()
+        self._chunks.drop()
         super().close()
 
     def close(self) -> None:
         if not self._finished and not self.closed:
-            self._seal(self._buf, last=True)
-            self._buf.clear()
+            self._chunks.finish()
             self._finished = True
         super().close()
 
@@ -187,6 +203,7 @@ class ThreadedWriter(_AbortOnError):
             if self._error is not None:
                 raise self._error
         super().close()
+
 
 class DecryptReader(io.RawIOBase):
     """A read-only stream of the plaintext of an age payload read from ``src``.

@@ -95,7 +95,7 @@ def cmd_ingest(a: argparse.Namespace) -> dict[str, Any]:
         cm.__exit__(None, None, None)
         commit_time += time.perf_counter() - t
 
-    Catalog.transaction = timed_transaction  # type: ignore[method-assign,assignment]
+    Catalog.transaction = timed_transaction  # type: ignore[method-assign]
     archived = errors = 0
     with Catalog(vault.catalog_path) as catalog:
         ing = Ingestor(vault, catalog, workers=a.workers)

@@ -214,7 +214,8 @@ def render(report: dict[str, Any]) -> str:
         f"cryptography {m.get('cryptography')}; age {m.get('age')}; {m.get('zstd')}; "
         f"{m.get('restic')}; {m.get('borg')}. Corpus seed {report['corpus']['seed']} "
         f"(key {report['corpus']['key']}), "
-        f"big file {report['corpus']['big_size'] / 2**30:.2f} GiB.",
+        f"big file {report['corpus']['big_size'] / 2**30:.2f} GiB. Outputs on "
+        f"{m.get('outputs_on', 'the workdir')}.",
         "",
         "### Targets",
         "",

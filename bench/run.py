@@ -17,8 +17,9 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from bench.common import ROOT, ScenarioResult, dump_json, machine_info
+from bench.common import ROOT, ScenarioResult, dump_json, machine_info, tree_size
 from bench.corpus import PRESETS, generate
+from bench.disk import image_size, workstation_disk
 from bench.scenarios import Context, cpu_count
 
 SCENARIOS = ["startup", "ingest", "small", "bigfile", "sync", "restore", "idle"]
@@ -71,42 +72,47 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[{time.time() - started:7.1f}s] {msg}", file=sys.stderr, flush=True)
 
     corpus = generate(a.workdir, spec, log)
-    ctx = Context(
-        workdir=a.workdir,
-        corpus=corpus,
-        spec=spec,
-        runs=runs,
-        cores=cpu_count(),
-        catalog_docs=a.catalog_docs or docs,
-        idle_seconds=a.idle_seconds if a.idle_seconds is not None else idle_s,
-        idle_files=a.idle_files if a.idle_files is not None else idle_files,
-        log=log,
-        fast=preset == "tiny",
-    )
     wanted = a.only.split(",") if a.only else SCENARIOS
-    results: list[ScenarioResult] = []
     for name in wanted:
         if name not in SCENARIOS:
             p.error(f"unknown scenario {name!r}")
-        log(f"scenario {name}")
-        mod = importlib.import_module(f"bench.scenarios.{name}")
-        try:
-            res: ScenarioResult = mod.run(ctx)
-        except Exception as exc:  # a broken scenario is reported, the others still run
-            res = ScenarioResult(name, name, error=f"{type(exc).__name__}: {exc}")
-            log(traceback.format_exc())
-        results.append(res)
-        for r in res.ratios:
-            log(f"  {r['label']}: {r['ratio']}")
-        for s in res.skipped:
-            log(f"  skipped {s}")
+    results: list[ScenarioResult] = []
+    with workstation_disk(a.workdir, image_size(tree_size(corpus)[1]), log) as disk:
+        ctx = Context(
+            workdir=a.workdir,
+            out=disk.path,
+            corpus=corpus,
+            spec=spec,
+            runs=runs,
+            cores=cpu_count(),
+            catalog_docs=a.catalog_docs or docs,
+            idle_seconds=a.idle_seconds if a.idle_seconds is not None else idle_s,
+            idle_files=a.idle_files if a.idle_files is not None else idle_files,
+            log=log,
+            fast=preset == "tiny",
+        )
+        for name in wanted:
+            log(f"scenario {name}")
+            mod = importlib.import_module(f"bench.scenarios.{name}")
+            try:
+                res: ScenarioResult = mod.run(ctx)
+            except Exception as exc:  # a broken scenario is reported, the others still run
+                res = ScenarioResult(name, name, error=f"{type(exc).__name__}: {exc}")
+                log(traceback.format_exc())
+            results.append(res)
+            for r in res.ratios:
+                log(f"  {r['label']}: {r['ratio']}")
+            for s in res.skipped:
+                log(f"  skipped {s}")
+    machine = machine_info()
+    machine["outputs_on"] = disk.description
     report: dict[str, Any] = {
         "command": "python -m bench.run " + shlex.join(argv if argv is not None else sys.argv[1:]),
         "preset": preset,
         "runs": runs,
         "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
         "duration_s": round(time.time() - started, 1),
-        "machine": machine_info(),
+        "machine": machine,
         "corpus": {"seed": spec.seed, "key": spec.key(), "big_size": spec.big_size},
         "scenarios": [r.to_json() for r in results],
     }

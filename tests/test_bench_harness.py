@@ -64,6 +64,11 @@ def test_harness_runs_on_a_tiny_corpus(tmp_path: Path) -> None:
     assert code == (1 if errors else 0) or not in_ci
     names = [s["name"] for s in data["scenarios"]]
     assert names == run.SCENARIOS
+    # As root, every contender wrote to a journaled ext4 made for the run, removed after it.
+    if os.geteuid() == 0 and shutil.which("losetup") and shutil.which("mkfs.ext4"):
+        assert "journaled" in data["machine"]["outputs_on"]
+        assert not (tmp_path / "work" / "workstation.img").exists()
+        assert not os.path.ismount(tmp_path / "work" / "workstation")
     by = {s["name"]: s for s in data["scenarios"]}
     # Every scenario measured coldvault and its anchors, and turned them into ratios.
     for name in ("ingest", "small", "bigfile", "restore"):

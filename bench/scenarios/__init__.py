@@ -14,6 +14,8 @@ from bench.corpus import CorpusSpec
 @dataclass
 class Context:
     workdir: Path
+    #: Where every contender writes (see bench/disk.py): scratch folders and vault templates.
+    out: Path
     corpus: Path
     spec: CorpusSpec
     runs: int
@@ -28,7 +30,7 @@ class Context:
     _vaults: dict[str, Path] = field(default_factory=dict)
 
     def scratch(self, name: str) -> Path:
-        p = self.workdir / "scratch" / name
+        p = self.out / "scratch" / name
         rmtree(p)
         p.mkdir(parents=True)
         return p
@@ -37,7 +39,7 @@ class Context:
         """An empty vault (created once: scrypt at its real cost takes a second)."""
         key = "classic" if classic else "pq"
         if key not in self._vaults:
-            path = self.workdir / "templates" / f"vault-{key}"
+            path = self.out / "templates" / f"vault-{key}"
             rmtree(path)
             path.parent.mkdir(parents=True, exist_ok=True)
             args = ["create", str(path)] + (["--classic"] if classic else [])

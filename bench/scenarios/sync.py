@@ -57,8 +57,12 @@ def run(ctx: Context) -> ScenarioResult:
     catalog_copy.mkdir()
     for f in tpl.glob("catalog.sqlite*"):
         shutil.copy2(f, catalog_copy / f.name)
-    img = scratch / "drive.img"
-    mnt = scratch / "mnt"
+    # The drive's image sits beside the workstation's, on the workdir's disk (not inside it).
+    drive = ctx.workdir / "drive"
+    rmtree(drive)
+    drive.mkdir()
+    img = drive / "drive.img"
+    mnt = drive / "mnt"
     mnt.mkdir()
     img_size = int(res.data_bytes * 1.3) + 256 * 2**20
     spool_files = files_of(tpl / "spool")
@@ -98,6 +102,7 @@ def run(ctx: Context) -> ScenarioResult:
         paired_runs(ctx.runs, contenders, res, prepare, ctx.log)
     finally:
         _umount(mnt)
+        rmtree(drive)
         rmtree(scratch)
     res.ratio("coldvault sync vs cp + sync", "coldvault", "cp + sync")
     res.ratio("coldvault sync vs cp + sync + read back", "coldvault", "cp + sync + read back")

@@ -42,6 +42,9 @@ INCOMPRESSIBLE_RATIO = 0.92
 LEVEL = 3
 #: Files at least this large use zstd's own worker threads, with jobs of this size.
 THREADED_MIN_SIZE = 32 * 1024 * 1024
+#: Documents up to this size are written whole, in memory (see _write_whole): for them the
+#: streaming writers' set-up costs more than the work. At most ~4x this is held per worker.
+WHOLE_MAX = 1024 * 1024
 JOB_SIZE = 2 * 1024 * 1024
 #: Files at least this large are encrypted, hashed and written by a second thread while the
 #: caller reads, hashes and compresses; smaller ones stay on the caller's thread (a thread per
@@ -142,6 +145,10 @@ _USTAR_TAIL = b"0" + b"\0" * 100 + tarfile.POSIX_MAGIC + b"\0" * (32 + 32 + 8 + 
 _CHECKSUM_REST = 8 * ord(" ") + sum(_USTAR_TAIL)
 
 
+#: The end of a tar archive: two zero blocks.
+_TAR_END = b"\0" * (2 * tarfile.BLOCKSIZE)
+
+
 def _pad(size: int) -> bytes:
     return b"\0" * (-size % tarfile.BLOCKSIZE)
 
@@ -166,8 +173,10 @@ def _compressor(level: int, *, checksum: bool = True) -> zstandard.ZstdCompresso
         cache = _local.cctx = {}
     cctx = cache.get((level, checksum))
     if cctx is None:
+        # No content size in the frame header, as in a streamed frame (whose size is not
+        # known when it starts): objects written whole or streamed have the same header.
         cctx = cache[level, checksum] = zstandard.ZstdCompressor(
-            level=level, write_checksum=checksum
+            level=level, write_checksum=checksum, write_content_size=False
         )
     return cctx
 
@@ -203,20 +212,45 @@ class StoredFrameWriter(io.RawIOBase):
         return self._blocks.write(data)
 
     def _block(self, data: bytes | bytearray | memoryview, last: bool) -> None:
-        # Block header, 3 bytes little-endian: last-block bit, type 0 (raw), then the size.
-        self._dst.write((len(data) << 3 | last).to_bytes(3, "little"))
+        self._dst.write(_raw_block_header(len(data), last))
         self._dst.write(bytes(data) if isinstance(data, bytearray) else data)
 
     def close(self) -> None:
         if not self.closed:
             self._blocks.finish()
-            # The content checksum: the low 32 bits of XXH64 (seed 0), little-endian.
-            self._dst.write((self._xxh.intdigest() & 0xFFFFFFFF).to_bytes(4, "little"))
+            self._dst.write(_frame_checksum(self._xxh.intdigest()))
         super().close()
 
     def __exit__(self, *exc: object) -> None:
         if exc[0] is None:
             self.close()
+
+
+def _raw_block_header(size: int, last: bool) -> bytes:
+    """3 bytes little-endian: the last-block bit, type 0 (raw), then the size."""
+    return (size << 3 | last).to_bytes(3, "little")
+
+
+def _frame_checksum(xxh64: int) -> bytes:
+    """The content checksum: the low 32 bits of XXH64 (seed 0), little-endian."""
+    return (xxh64 & 0xFFFFFFFF).to_bytes(4, "little")
+
+
+def stored_frame(data: bytes) -> bytes:
+    """The stored frame of ``data`` at once: the same bytes as :class:`StoredFrameWriter`."""
+    view = memoryview(data)
+    n = len(view)
+    parts: list[bytes | memoryview] = [STORED_FRAME_HEADER]
+    pos = 0
+    while True:
+        block = view[pos : pos + STORED_BLOCK]
+        pos += len(block)
+        last = pos >= n
+        parts += (_raw_block_header(len(block), last), block)
+        if last:
+            break
+    parts.append(_frame_checksum(xxhash.xxh64_intdigest(data)))
+    return b"".join(parts)
 
 
 def safe_member_name(name: str) -> str:
@@ -245,6 +279,8 @@ def write_object(
     member = safe_member_name(meta.name)
     first = src.read(min(PROBE_SIZE, size) if size else 1)
     compressed = is_compressible(first)
+    if size <= WHOLE_MAX:
+        return _write_whole(src, size, first, compressed, member, meta, recipients, dst, level)
     if threads is None:
         threads = (os.cpu_count() or 1) if size >= THREADED_MIN_SIZE else 0
     if compressed and threads:
@@ -292,8 +328,51 @@ def write_object(
         z.write(_tar_header(META_NAME, len(body), meta.mtime))
         z.write(body)
         z.write(_pad(len(body)))
-        z.write(b"\0" * (2 * tarfile.BLOCKSIZE))
+        z.write(_TAR_END)
     return ObjectResult(out.size, out.hash.hexdigest(), final, compressed)
+
+
+def _write_whole(
+    src: BinaryIO,
+    size: int,
+    first: bytes,
+    compressed: bool,
+    member: str,
+    meta: DocumentMeta,
+    recipients: Sequence[age.Recipient],
+    dst: BinaryIO,
+    level: int,
+) -> ObjectResult:
+    """:func:`write_object` for a small document, in memory: the same object, with one
+    compression, one encryption and one write instead of three streaming writers."""
+    parts = [first]
+    got = len(first)
+    while got <= size:  # one byte more than expected, if the file grew
+        chunk = src.read(size + 1 - got)
+        if not chunk:
+            break
+        parts.append(chunk)
+        got += len(chunk)
+    if got != size:
+        raise UsageError(f"document {meta.document_id} changed while it was being archived")
+    data = parts[0] if len(parts) == 1 else b"".join(parts)
+    final = replace(meta, size=size, sha256=hashlib.sha256(data).hexdigest())
+    body = final.to_json()
+    tar = b"".join(
+        (
+            _tar_header(member, size, meta.mtime),
+            data,
+            _pad(size),
+            _tar_header(META_NAME, len(body), meta.mtime),
+            body,
+            _pad(len(body)),
+            _TAR_END,
+        )
+    )
+    frame = _compressor(level).compress(tar) if compressed else stored_frame(tar)
+    obj = age.encrypt_bytes(recipients, frame)
+    dst.write(obj)
+    return ObjectResult(len(obj), hashlib.sha256(obj).hexdigest(), final, compressed)
 
 
 class _Unpacked(io.RawIOBase):

@@ -22,7 +22,14 @@ from hypothesis import strategies as st
 from coldvault import age
 from coldvault.age import bech32
 from coldvault.age.format import Stanza, encode_header, parse_header, verify_header_mac
-from coldvault.age.stream import CHUNK_SIZE, ENC_CHUNK_SIZE, NONCE_SIZE, TAG_SIZE, EncryptWriter
+from coldvault.age.stream import (
+    CHUNK_SIZE,
+    ENC_CHUNK_SIZE,
+    NONCE_SIZE,
+    TAG_SIZE,
+    EncryptWriter,
+    seal_payload,
+)
 from coldvault.errors import (
     AgeError,
     AgeHeaderError,
@@ -141,6 +148,9 @@ def test_any_write_split_gives_the_same_ciphertext(size: int, cuts: list[int], k
             # bytes, bytearray and memoryview pieces, empty ones included
             w.write(p if i % 3 == 0 else bytearray(p) if i % 3 == 1 else memoryview(p))
     assert split.getvalue() == whole.getvalue()
+    # The payload sealed at once (encrypt_bytes, small objects) is the same bytes.
+    assert seal_payload(key, data) == whole.getvalue()
+    assert seal_payload(key, memoryview(bytearray(data))) == whole.getvalue()
     # And through the public API, with a fresh file key and nonce.
     recipients, identities = _keys(kind)
     out = io.BytesIO()

@@ -158,6 +158,16 @@ def test_stored_frame_is_a_zstd_frame_of_the_data(size: int, cuts: list[int]) ->
     assert reader.read() == data
 
 
+@settings(max_examples=60, deadline=None)
+@given(
+    st.sampled_from([0, 1, 1000, _B - 1, _B, _B + 1, 2 * _B, 3 * _B + 7]),
+    st.lists(st.integers(0, 4 * _B), max_size=5),
+)
+def test_a_stored_frame_made_at_once_is_the_writers_bytes(size: int, cuts: list[int]) -> None:
+    data = os.urandom(size)
+    assert objects.stored_frame(data) == _stored(data, cuts)
+
+
 @pytest.mark.parametrize("size", [5000, 3 * _B + 11])
 def test_zstd_itself_reads_and_checks_a_stored_frame(size: int, tmp_path: Path) -> None:
     zstd = _zstd_cli()
@@ -176,12 +186,21 @@ def test_zstd_itself_reads_and_checks_a_stored_frame(size: int, tmp_path: Path) 
     assert bad.returncode != 0 and b"checksum" in bad.stderr.lower()
 
 
+@pytest.fixture(params=["whole", "streamed"])
+def path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Each object test through both writing paths: small documents are built whole in memory,
+    larger ones streamed; WHOLE_MAX = -1 streams every document."""
+    if request.param == "streamed":
+        monkeypatch.setattr(objects, "WHOLE_MAX", -1)
+    return str(request.param)
+
+
 @pytest.mark.parametrize(
     ("data", "stored"),
     [(os.urandom(700_000), True), (b"compte-rendu de consultation\n" * 30_000, False)],
 )
 def test_incompressible_documents_are_stored_compressible_ones_compressed(
-    data: bytes, stored: bool
+    data: bytes, stored: bool, path: str
 ) -> None:
     identity = age.X25519Identity.generate()
     out = io.BytesIO()
@@ -193,3 +212,71 @@ def test_incompressible_documents_are_stored_compressible_ones_compressed(
     back = io.BytesIO()
     objects.read_object(io.BytesIO(out.getvalue()), [identity], back)
     assert back.getvalue() == data
+
+
+def _frame_of(data: bytes, identity: age.X25519Identity, whole: bool) -> bytes:
+    saved = objects.WHOLE_MAX
+    objects.WHOLE_MAX = saved if whole else -1
+    try:
+        out = io.BytesIO()
+        meta = DocumentMeta("d3", "p", "note.txt", 0, "", mtime=1_700_000_000.0)
+        result = objects.write_object(
+            io.BytesIO(data), len(data), meta, [identity.recipient()], out
+        )
+    finally:
+        objects.WHOLE_MAX = saved
+    assert result.size == len(out.getvalue())
+    return age.decrypt_bytes([identity], out.getvalue())
+
+
+@pytest.mark.parametrize("size", [0, 1, 4096, 100_000, 700_000, objects.WHOLE_MAX])
+@pytest.mark.parametrize("kind", ["text", "noise"])
+def test_a_small_document_written_whole_is_the_streamed_object(size: int, kind: str) -> None:
+    """Same tar stream, same frame header descriptor (checksum, no content size), either way;
+    zstd, told the size, may choose a smaller window for a whole small document."""
+    data = os.urandom(size) if kind == "noise" else (b"ordonnance\n" * (size // 11 + 1))[:size]
+    identity = age.X25519Identity.generate()
+    whole, streamed = _frame_of(data, identity, True), _frame_of(data, identity, False)
+    assert whole[:5] == streamed[:5]  # magic, frame header descriptor
+    p_whole, p_streamed = (zstandard.get_frame_parameters(f) for f in (whole, streamed))
+    assert p_whole.has_checksum and p_streamed.has_checksum
+    assert p_whole.content_size == p_streamed.content_size  # unknown in both
+    assert p_whole.window_size <= p_streamed.window_size
+    if kind == "noise" and size >= 4096:  # stored, both ways
+        assert whole.startswith(objects.STORED_FRAME_HEADER)
+        assert streamed.startswith(objects.STORED_FRAME_HEADER)
+    dctx = zstandard.ZstdDecompressor()
+    tar_whole = dctx.stream_reader(io.BytesIO(whole)).read()
+    assert tar_whole == dctx.stream_reader(io.BytesIO(streamed)).read()
+    with tarfile.open(fileobj=io.BytesIO(tar_whole)) as tf:
+        member = tf.extractfile("note.txt")
+        assert member is not None and member.read() == data
+
+
+class _Grows(io.RawIOBase):
+    """A file that yields more bytes than its size said (it grew while being read)."""
+
+    def __init__(self, data: bytes) -> None:
+        self._data = io.BytesIO(data)
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, n: int = -1) -> bytes:
+        return self._data.read(n)
+
+
+@pytest.mark.parametrize("size", [0, 4096, 300_000])
+def test_a_document_that_grew_or_shrank_is_refused(size: int, path: str) -> None:
+    identity = age.X25519Identity.generate()
+    data = os.urandom(size)
+    meta = DocumentMeta("d4", "p", "doc.pdf", 0, "")
+    with pytest.raises(UsageError, match="changed while it was being archived"):
+        objects.write_object(
+            _Grows(data + b"more"), size, meta, [identity.recipient()], io.BytesIO()
+        )
+    if size:
+        with pytest.raises(UsageError, match="changed while it was being archived"):
+            objects.write_object(
+                _Grows(data[:-1]), size, meta, [identity.recipient()], io.BytesIO()
+            )

@@ -29,7 +29,13 @@ from coldvault.age.format import (
 )
 from coldvault.age.pq import HybridIdentity, HybridRecipient
 from coldvault.age.scrypt import ScryptIdentity, ScryptRecipient
-from coldvault.age.stream import NONCE_SIZE, DecryptReader, EncryptWriter, payload_key
+from coldvault.age.stream import (
+    NONCE_SIZE,
+    DecryptReader,
+    EncryptWriter,
+    payload_key,
+    seal_payload,
+)
 from coldvault.age.x25519 import X25519Identity, X25519Recipient
 from coldvault.errors import AgeHeaderError, AgeNoMatchError
 
@@ -136,11 +142,12 @@ def encrypt(
             w.write(chunk)
 
 
-def encrypt_bytes(recipients: Sequence[Recipient], data: bytes) -> bytes:
-    out = io.BytesIO()
-    with encrypt_writer(recipients, out) as w:
-        w.write(data)
-    return out.getvalue()
+def encrypt_bytes(recipients: Sequence[Recipient], data: bytes | bytearray | memoryview) -> bytes:
+    """The age file of ``data``, built at once (the same format as :func:`encrypt_writer`)."""
+    file_key = os.urandom(FILE_KEY_SIZE)
+    header = encode_header(_stanzas_for(recipients, file_key), file_key)
+    nonce = os.urandom(NONCE_SIZE)
+    return b"".join((header, nonce, seal_payload(payload_key(file_key, nonce), data)))
 
 
 def unwrap_file_key(header: Header, identities: Sequence[Identity]) -> bytes:

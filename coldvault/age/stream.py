@@ -36,6 +36,25 @@ def _chunk_nonce(counter: int, last: bool) -> bytes:
     return counter.to_bytes(11, "big") + (b"\x01" if last else b"\x00")
 
 
+def seal_payload(key: bytes, data: bytes | bytearray | memoryview) -> bytes:
+    """The whole STREAM payload of ``data`` at once: the same chunks as :class:`EncryptWriter`
+    (a payload of an exact number of chunks ends with a full final chunk; an empty one is one
+    empty final chunk), without a writer's set-up, for data already in memory."""
+    aead = ChaCha20Poly1305(key)
+    view = memoryview(data).cast("B")
+    n = len(view)
+    parts = []
+    counter = pos = 0
+    while True:
+        end = pos + CHUNK_SIZE
+        last = end >= n
+        parts.append(aead.encrypt(_chunk_nonce(counter, last), view[pos:end], None))
+        if last:
+            return b"".join(parts)
+        counter += 1
+        pos = end
+
+
 class _AbortOnError(io.RawIOBase):
     """A writer that, left by an exception inside its ``with`` block, aborts instead of
     closing: an error must never seal a valid, shorter file."""

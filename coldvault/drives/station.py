@@ -314,8 +314,7 @@ class Station:
     ) -> None:
         spool = self.vault.spool
         lacking: list[tuple[tuple[str, str, int, str], Opener]] = [
-            (item, _file_opener(spool / item[0]))
-            for item in self.catalog.lacking(row.drive_id)
+            (item, _file_opener(spool / item[0])) for item in self.catalog.lacking(row.drive_id)
         ]
         elsewhere = self.catalog.lacking_elsewhere(row.drive_id)
         if elsewhere:

@@ -2,7 +2,8 @@
 tools it is compared with (interpreter start-up and imports included).
 
     python -m bench.driver create STATE [--classic]
-    python -m bench.driver ingest STATE LIST [--workers N] [--batch N]   (N: as the daemon)
+    python -m bench.driver ingest STATE LIST [--workers N] [--batch N] [--known-patients]
+    python -m bench.driver floor LIST OUT    (the brief's prototype's per-file work, alone)
     python -m bench.driver enroll STATE ROOT
     python -m bench.driver sync STATE ROOT
     python -m bench.driver restore STATE PATIENT OUT
@@ -99,6 +100,10 @@ def cmd_ingest(a: argparse.Namespace) -> dict[str, Any]:
     archived = errors = 0
     with Catalog(vault.catalog_path) as catalog:
         ing = Ingestor(vault, catalog, workers=a.workers)
+        if a.known_patients:  # every patient's key made before the clock starts
+            for pid in sorted({a.patient or _patient(f) for f in files}):
+                ing.patient_for(pid)
+            commit_time = 0.0
         t0 = time.perf_counter()
         try:
             batch = a.batch or daemon_batch()
@@ -127,6 +132,28 @@ def cmd_ingest(a: argparse.Namespace) -> dict[str, Any]:
         "sync_s": sync_time,
         "commit_s": commit_time,
     }
+
+
+def cmd_floor(a: argparse.Namespace) -> dict[str, Any]:
+    """The per-file work the brief's prototype timed (performance-notes.md: 0.29 ms a 4 KiB
+    file on its machine), alone: read the file, zstd level 3, an age file for one X25519
+    recipient (coldvault's age code), a new file written. No hashes, tar, metadata, catalog,
+    patient keys or sync: what this machine takes for that, to read coldvault's figure by."""
+    import zstandard
+
+    from coldvault import age
+
+    files = [Path(line) for line in Path(a.list).read_text().splitlines() if line]
+    out = Path(a.out)
+    recipient = age.X25519Identity.generate().recipient()
+    cctx = zstandard.ZstdCompressor(level=3, write_checksum=True)
+    t0 = time.perf_counter()
+    for i, f in enumerate(files):
+        with open(f, "rb") as src:
+            obj = age.encrypt_bytes([recipient], cctx.compress(src.read()))
+        with open(out / f"{i}.age", "xb") as dst:
+            dst.write(obj)
+    return {"files": len(files), "floor_s": time.perf_counter() - t0}
 
 
 def cmd_enroll(a: argparse.Namespace) -> dict[str, Any]:
@@ -252,6 +279,12 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--workers", type=int, default=1)
     s.add_argument("--batch", type=int, default=0, help="files per call (default: the daemon's)")
     s.add_argument("--patient", help="file every document under this patient id")
+    s.add_argument(
+        "--known-patients", action="store_true", help="make every patient's key before timing"
+    )
+    s = sub.add_parser("floor")
+    s.add_argument("list")
+    s.add_argument("out")
     s = sub.add_parser("enroll")
     s.add_argument("state")
     s.add_argument("root")

@@ -90,6 +90,13 @@ def test_harness_runs_on_a_tiny_corpus(tmp_path: Path) -> None:
     targets = {t["target"]: t for t in data["targets"]}
     per_core = [t for name, t in targets.items() if name.startswith("ingest mix per core")]
     assert len(per_core) == 2 and all(t["measured"] for t in per_core)
+    # Per-file overhead with patients known, and the brief's prototype's work as the yardstick.
+    small = by["small"]["metrics"]
+    assert small["prototype's per-file work 4KiB ms/doc"] > 0
+    assert small["coldvault-1w 4KiB known patients ms/doc before sync"] > 0
+    assert small["coldvault-1w-classic 4KiB known patients ms/doc before sync"] > 0
+    against = [t for name, t in targets.items() if "prototype's per-file work" in name]
+    assert len(against) == 2 and all(t["measured"] for t in against)
     assert by["restore"]["metrics"]["catalog_documents"] >= 2000
     assert by["restore"]["metrics"]["first_byte_s"] > 0
     if "sync" not in errors and not by["sync"]["skipped"] and by["sync"]["contenders"]:

@@ -62,6 +62,23 @@ def _release(mnt: Path, img: Path) -> None:
         img.unlink(missing_ok=True)
 
 
+def attach(img: Path) -> tuple[str, bool]:
+    """A loop device for ``img`` and whether it does direct I/O: with it the page cache holds
+    each block once (not once for the filesystem and once for the image file), and a read
+    after dropping a file's cached pages reaches the disk, as on a real device."""
+    dev = _run("losetup", "--find", "--show", "--direct-io=on", str(img))
+    direct = dev.returncode == 0
+    if not direct:  # the workdir's filesystem may not take O_DIRECT
+        dev = _run("losetup", "--find", "--show", str(img))
+    if dev.returncode != 0:
+        raise RuntimeError(f"losetup failed: {dev.stderr.strip()}")
+    return dev.stdout.strip(), direct
+
+
+def detach(device: str) -> None:
+    _run("losetup", "-d", device)
+
+
 @contextlib.contextmanager
 def workstation_disk(
     workdir: Path, size: int, log: Callable[[str], None] = lambda s: None
@@ -83,14 +100,11 @@ def workstation_disk(
     made = _run("mkfs.ext4", "-q", "-F", "-L", "cv-bench", str(img))
     if made.returncode != 0:
         raise RuntimeError(f"mkfs.ext4 failed: {made.stderr.strip()}")
-    dev = _run("losetup", "--find", "--show", "--direct-io=on", str(img))
-    direct = dev.returncode == 0
-    if not direct:  # the workdir's filesystem may not take O_DIRECT
-        dev = _run("losetup", "--find", "--show", str(img))
-    if dev.returncode != 0:
+    try:
+        device, direct = attach(img)
+    except RuntimeError:
         img.unlink(missing_ok=True)
-        raise RuntimeError(f"losetup failed: {dev.stderr.strip()}")
-    device = dev.stdout.strip()
+        raise
     try:
         # noinit_itable: no kernel thread zeroing inode tables in the background during runs.
         mounted = _run("mount", "-o", "noinit_itable", device, str(mnt))
@@ -106,7 +120,7 @@ def workstation_disk(
         finally:
             _run("umount", str(mnt))
     finally:
-        _run("losetup", "-d", device)
+        detach(device)
         img.unlink(missing_ok=True)
 
 

@@ -637,7 +637,10 @@ def test_ls_unlock_shows_names_and_plain_ls_does_not(cv: Cli) -> None:
 
 def _all_commands(group: click.Group, path: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
     out = [path]
-    for name, cmd in group.commands.items():
+    ctx = click.Context(group)
+    for name in group.list_commands(ctx):  # the top group loads its commands lazily
+        cmd = group.get_command(ctx, name)
+        assert cmd is not None, name
         if isinstance(cmd, click.Group):
             out += _all_commands(cmd, (*path, name))
         else:
@@ -659,3 +662,48 @@ def test_unknown_command_and_option_are_usage_errors(cv: Cli) -> None:
     assert r.rc == 2 and "No such command" in r.err
     r = cv("status", "--frob")
     assert r.rc == 2 and "No such option" in r.err
+
+
+# --- lazily loaded commands -------------------------------------------------------------------
+
+
+def test_every_command_is_listed_with_the_module_that_defines_it() -> None:
+    import importlib
+
+    from coldvault.cli.main import COMMAND_MODULES
+
+    defined: dict[str, str] = {}
+    for module in sorted(set(COMMAND_MODULES.values())):
+        for command in importlib.import_module(f"coldvault.cli.{module}").COMMANDS:
+            assert command.name is not None
+            defined[command.name] = module
+    assert defined == COMMAND_MODULES
+
+
+def test_version_imports_no_command_module_and_a_command_only_its_own() -> None:
+    import subprocess
+    import sys
+
+    probe = (
+        "import sys\n"
+        "from coldvault.cli.main import cli\n"
+        "try:\n"
+        "    cli(sys.argv[1:], prog_name='coldvault')\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        "print(sorted(m.rsplit('.', 1)[1] for m in sys.modules\n"
+        "             if m.startswith('coldvault.cli.') and m.endswith('_cmd')))\n"
+    )
+
+    def loaded(*args: str) -> str:
+        out = subprocess.run(
+            [sys.executable, "-c", probe, *args], capture_output=True, text=True, check=True
+        )
+        return out.stdout.strip().splitlines()[-1]
+
+    assert loaded("--version") == "[]"
+    assert loaded("restore", "--help") == "['restore_cmd']"
+    # Help lists every command, so it loads them all.
+    from coldvault.cli.main import COMMAND_MODULES
+
+    assert loaded("--help").count("_cmd") == len(set(COMMAND_MODULES.values()))

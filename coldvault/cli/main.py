@@ -7,6 +7,7 @@ in one line (the traceback goes to the log at debug level), never as a raw trace
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import sys
@@ -30,7 +31,44 @@ def setup_logging(verbose: int) -> None:
     )
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+#: Each command and the module (``coldvault.cli.<module>``) that defines it, imported only when
+#: the command runs or help lists it: ``coldvault --version`` or one command does not pay for
+#: every command's imports (the catalog's sqlite3, the drive layer, ...).
+COMMAND_MODULES = {
+    "init": "vault_cmd",
+    "key": "vault_cmd",
+    "ingest": "archive_cmd",
+    "assign": "archive_cmd",
+    "ls": "archive_cmd",
+    "drive": "drive_cmd",
+    "status": "drive_cmd",
+    "daemon": "drive_cmd",
+    "restore": "restore_cmd",
+    "verify": "restore_cmd",
+    "recover": "restore_cmd",
+    "patient": "retention_cmd",
+    "hold": "retention_cmd",
+    "release": "retention_cmd",
+    "purge": "retention_cmd",
+    "audit": "audit_cmd",
+}
+
+
+class LazyGroup(click.Group):
+    """A group whose commands are imported when first asked for (click's lazy-loading recipe)."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(set(super().list_commands(ctx)) | COMMAND_MODULES.keys())
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in self.commands and cmd_name in COMMAND_MODULES:
+            module = importlib.import_module(f"coldvault.cli.{COMMAND_MODULES[cmd_name]}")
+            for command in module.COMMANDS:
+                self.add_command(command)
+        return super().get_command(ctx, cmd_name)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option(
     "--config",
     "config_path",
@@ -45,24 +83,6 @@ def cli(ctx: click.Context, config_path: Path | None, verbose: int) -> None:
     """coldvault: archive a medical practice's documents, encrypted, onto offline USB drives."""
     setup_logging(verbose)
     ctx.obj = AppContext(config_path=config_path)
-
-
-def _register() -> None:
-    from coldvault.cli import archive_cmd, vault_cmd
-
-    for module in (vault_cmd, archive_cmd):
-        for command in module.COMMANDS:
-            cli.add_command(command)
-    for name in ("drive_cmd", "restore_cmd", "retention_cmd", "audit_cmd"):
-        try:
-            module = __import__(f"coldvault.cli.{name}", fromlist=["COMMANDS"])
-        except ModuleNotFoundError:
-            continue
-        for command in module.COMMANDS:
-            cli.add_command(command)
-
-
-_register()
 
 
 def report(exc: ColdvaultError) -> int:

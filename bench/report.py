@@ -193,6 +193,12 @@ def verdicts(report: dict[str, Any]) -> list[dict[str, Any]]:
         1.0,
     )
     add(
+        "restore CPU, less the KDF and the format's two SHA-256 passes (timed in the same run), "
+        "vs the anchor's CPU (the bound, <= 1.0x)",
+        rest["metrics"].get("cpu_ratio_without_kdf_and_hashes") if rest else None,
+        1.0,
+    )
+    add(
         "drive sync vs cp + sync + read back (bounded by the drive: <= 1.25x)",
         _ratio(sync, "coldvault", "cp + sync + read back"),
         1.25,

@@ -99,6 +99,9 @@ def test_harness_runs_on_a_tiny_corpus(tmp_path: Path) -> None:
     assert len(against) == 2 and all(t["measured"] for t in against)
     assert by["restore"]["metrics"]["catalog_documents"] >= 2000
     assert by["restore"]["metrics"]["first_byte_s"] > 0
+    assert "the format's two SHA-256 passes" in by["restore"]["contenders"]
+    assert by["restore"]["metrics"]["hashes_cpu_s"] > 0
+    assert "cpu_ratio_without_kdf_and_hashes" in by["restore"]["metrics"]
     if "sync" not in errors and not by["sync"]["skipped"] and by["sync"]["contenders"]:
         assert by["sync"]["contenders"]["coldvault"]["wall_s"] > 0
     if not by["idle"]["error"] and not by["idle"]["skipped"]:

@@ -10,6 +10,7 @@ import argparse
 import importlib
 import os
 import shlex
+import signal
 import sys
 import time
 import traceback
@@ -130,5 +131,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    # Stopped with kill: unwind, so that the bench filesystem is unmounted and its image removed.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     os.chdir(ROOT)
     sys.exit(main())

@@ -100,6 +100,8 @@ def test_harness_runs_on_a_tiny_corpus(tmp_path: Path) -> None:
     assert by["restore"]["metrics"]["catalog_documents"] >= 2000
     assert by["restore"]["metrics"]["first_byte_s"] > 0
     assert "the format's two SHA-256 passes" in by["restore"]["contenders"]
+    assert by["bigfile"]["metrics"]["format_hashes_cpu_s"] > 0
+    assert "cpu_ratio_without_hashes" in by["bigfile"]["metrics"]
     assert by["restore"]["metrics"]["hashes_cpu_s"] > 0
     assert "cpu_ratio_without_kdf_and_hashes" in by["restore"]["metrics"]
     if "sync" not in errors and not by["sync"]["skipped"] and by["sync"]["contenders"]:

@@ -153,6 +153,21 @@ def _pad(size: int) -> bytes:
     return b"\0" * (-size % tarfile.BLOCKSIZE)
 
 
+def _tar_after(size: int, final: DocumentMeta) -> bytes:
+    """What follows the document's ``size`` bytes in the object's tar: their padding, the
+    ``coldvault.json`` member (``final``: with the document's size and SHA-256), the end."""
+    body = final.to_json()
+    return b"".join(
+        (
+            _pad(size),
+            _tar_header(META_NAME, len(body), final.mtime),
+            body,
+            _pad(len(body)),
+            _TAR_END,
+        )
+    )
+
+
 def is_compressible(sample: bytes) -> bool:
     """Decide from the first block whether compressing is worth the time (scans are not)."""
     if len(sample) < 4096:
@@ -322,13 +337,8 @@ def write_object(
             chunk = src.read(READ_SIZE)
         if got != size:
             raise UsageError(f"document {meta.document_id} changed while it was being archived")
-        z.write(_pad(size))
         final = replace(meta, size=size, sha256=plain.hexdigest())
-        body = final.to_json()
-        z.write(_tar_header(META_NAME, len(body), meta.mtime))
-        z.write(body)
-        z.write(_pad(len(body)))
-        z.write(_TAR_END)
+        z.write(_tar_after(size, final))
     return ObjectResult(out.size, out.hash.hexdigest(), final, compressed)
 
 
@@ -357,18 +367,7 @@ def _write_whole(
         raise UsageError(f"document {meta.document_id} changed while it was being archived")
     data = parts[0] if len(parts) == 1 else b"".join(parts)
     final = replace(meta, size=size, sha256=hashlib.sha256(data).hexdigest())
-    body = final.to_json()
-    tar = b"".join(
-        (
-            _tar_header(member, size, meta.mtime),
-            data,
-            _pad(size),
-            _tar_header(META_NAME, len(body), meta.mtime),
-            body,
-            _pad(len(body)),
-            _TAR_END,
-        )
-    )
+    tar = b"".join((_tar_header(member, size, meta.mtime), data, _tar_after(size, final)))
     frame = _compressor(level).compress(tar) if compressed else stored_frame(tar)
     obj = age.encrypt_bytes(recipients, frame)
     dst.write(obj)

@@ -207,6 +207,24 @@ def driver(*args: str) -> list[str]:
     return [PYTHON, "-m", "bench.driver", *args]
 
 
+def sha256_files(list_path: Path, passes: int = 1) -> list[str]:
+    """A process computing ``passes`` SHA-256 of every file in ``list_path`` (one per line),
+    read 1 MiB at a time, with the hashlib coldvault uses: the format's hashes, timed alone."""
+    return [
+        PYTHON,
+        "-c",
+        "import hashlib, sys\n"
+        "for p in open(sys.argv[1]).read().splitlines():\n"
+        "    hs = [hashlib.sha256() for _ in range(int(sys.argv[2]))]\n"
+        "    with open(p, 'rb') as f:\n"
+        "        while b := f.read(1 << 20):\n"
+        "            for h in hs:\n"
+        "                h.update(b)\n",
+        str(list_path),
+        str(passes),
+    ]
+
+
 def driver_env() -> dict[str, str]:
     path = os.environ.get("PYTHONPATH", "")
     return {"PYTHONPATH": f"{ROOT}{os.pathsep}{path}" if path else str(ROOT)}

@@ -39,16 +39,11 @@ def _run(*argv: str) -> subprocess.CompletedProcess[str]:
 
 
 def _fstype(path: Path) -> str:
-    best, fstype = "", "unknown"
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/self/mounts").read_text().splitlines():
-            parts = line.split()
-            if len(parts) >= 3:
-                mnt = parts[1].replace("\\040", " ")
-                inside = str(path).startswith(mnt.rstrip("/") + "/") or str(path) == mnt
-                if inside and len(mnt) > len(best):
-                    best, fstype = mnt, parts[2]
-    return fstype
+    try:
+        found = _run("findmnt", "-n", "-o", "FSTYPE", "-T", str(path)).stdout.split()
+    except OSError:  # no findmnt (util-linux)
+        found = []
+    return found[0] if found else "unknown"  # (a mount point mounted over lists twice)
 
 
 def _release(mnt: Path, img: Path) -> None:

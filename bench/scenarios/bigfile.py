@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from bench.common import (
-    PYTHON,
     Measure,
     ScenarioResult,
     driver,
@@ -11,6 +10,7 @@ from bench.common import (
     measure,
     paired_runs,
     rmtree,
+    sha256_files,
     tool,
     tree_size,
     warm,
@@ -55,16 +55,7 @@ def run(ctx: Context) -> ScenarioResult:
     # The format's two SHA-256 passes (the document's, for its coldvault.json; the object's,
     # for the catalog and the signed manifests), which neither anchor computes: one pass over
     # the document is timed here, the object's is scaled from it by the object's size.
-    one_hash = [
-        PYTHON,
-        "-c",
-        "import hashlib, sys\n"
-        "h = hashlib.sha256()\n"
-        "with open(sys.argv[1], 'rb') as f:\n"
-        "    while b := f.read(1 << 20):\n"
-        "        h.update(b)\n",
-        str(big),
-    ]
+    one_hash = sha256_files(lst)
     contenders = [
         ("coldvault", cv),
         (HASH, lambda: measure(one_hash)),

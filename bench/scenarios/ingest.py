@@ -7,7 +7,6 @@ import json
 import shutil
 
 from bench.common import (
-    PYTHON,
     Measure,
     ScenarioResult,
     Skip,
@@ -16,6 +15,7 @@ from bench.common import (
     measure,
     paired_runs,
     rmtree,
+    sha256_files,
     tool,
     tree_size,
     warm,
@@ -78,15 +78,7 @@ def run(ctx: Context) -> ScenarioResult:
     # What the format itself asks on top of compressing and encrypting: a SHA-256 of every
     # document (in its coldvault.json) and of every object (catalog, manifests), i.e. two
     # passes over about the corpus's size, with the same hashlib coldvault uses.
-    two_hashes = [
-        PYTHON,
-        "-c",
-        "import hashlib, sys\n"
-        "for p in open(sys.argv[1]).read().splitlines():\n"
-        "    data = open(p, 'rb').read()\n"
-        "    hashlib.sha256(data).digest(); hashlib.sha256(data).digest()\n",
-        str(lst),
-    ]
+    two_hashes = sha256_files(lst, passes=2)
     contenders = [
         ("coldvault-1w", lambda: cv(1)),
         (f"coldvault-{n}w", lambda: cv(n)),

@@ -10,7 +10,6 @@ from pathlib import Path
 
 from bench import synthcat
 from bench.common import (
-    PYTHON,
     Measure,
     ScenarioResult,
     driver,
@@ -18,6 +17,7 @@ from bench.common import (
     measure,
     paired_runs,
     rmtree,
+    sha256_files,
     tool,
     warm,
 )
@@ -99,17 +99,7 @@ def run(ctx: Context) -> ScenarioResult:
     targets = ctx.workdir / "lists" / "restore-target.txt"
     hashed = scratch / "hashed.txt"
     hashed.write_text("".join(f"{p}\n" for p in objs) + targets.read_text())
-    two_hashes = [
-        PYTHON,
-        "-c",
-        "import hashlib, sys\n"
-        "for p in open(sys.argv[1]).read().splitlines():\n"
-        "    h = hashlib.sha256()\n"
-        "    with open(p, 'rb') as f:\n"
-        "        while b := f.read(1 << 20):\n"
-        "            h.update(b)\n",
-        str(hashed),
-    ]
+    two_hashes = sha256_files(hashed)
     contenders = [
         ("coldvault", cv),
         ("age -d|zstd -d|tar -x", lambda: measure(f"bash -e {script}")),
